@@ -1,0 +1,1 @@
+"""Analysis: reads run folders only, draws plots, writes reports. Never trains."""

@@ -1,0 +1,1 @@
+"""Text diffusion vs autoregressive sandbox: library package."""

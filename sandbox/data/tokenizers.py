@@ -1,0 +1,229 @@
+"""Tokenizers: text <-> token ids, plus the special tokens every objective needs.
+
+``bytes`` (default) maps UTF-8 bytes to ids 0..255 and needs no training; ``bpe`` is a
+byte-level BPE trained locally with Hugging Face ``tokenizers`` on the train split of
+the corpus. Both are lossless on any text. Nothing is downloaded.
+
+Design choices:
+
+* **Specials live outside the text vocabulary.** ``[EOS]`` (document separator),
+  ``[PAD]``, ``[MASK]`` (the absorbing state of masked diffusion) and ``[BOS]`` get the
+  ids right after the text ids, and no text ever encodes to them: the BPE model never
+  sees them (a literal ``"[EOS]"`` in a file is just text). ``decode`` drops them.
+* **vocab_size is exact, not padded.** The model pads its embedding table itself.
+* **Training is cached by content.** ``train(texts, cache_dir, corpus_hash)`` loads
+  ``<cache_dir>/tokenizers/bpe-...-<corpus_hash>.json`` when it exists and otherwise
+  trains and writes it atomically. :meth:`Tokenizer.fingerprint` names how a tokenizer
+  is built (algorithm, size, library version), not a trained state: together with the
+  corpus hash it determines the trained vocabulary, so the prepared-data cache can be
+  looked up before any training. Prepared data also stores its own copy of the trained
+  tokenizer (``save`` / ``load``), so it never depends on this cache afterwards.
+* **Constructors never raise** (Hydra would wrap the error); sizes are checked in
+  ``train``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from sandbox.errors import UserError
+
+N_SPECIALS = 4  # eos, pad, mask, bos, in that order after the text ids
+
+
+class Tokenizer:
+    """Common interface. Subclasses set ``name`` and ``n_text`` (number of text ids)."""
+
+    name: str = "tokenizer"
+    trainable: bool = False
+
+    @property
+    def n_text(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_text + N_SPECIALS
+
+    @property
+    def eos_id(self) -> int:
+        return self.n_text
+
+    @property
+    def pad_id(self) -> int:
+        return self.n_text + 1
+
+    @property
+    def mask_id(self) -> int:
+        return self.n_text + 2
+
+    @property
+    def bos_id(self) -> int:
+        return self.n_text + 3
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids) -> str:
+        raise NotImplementedError
+
+    def encode_many(self, texts: list[str]) -> list[np.ndarray]:
+        """Encode several texts; subclasses override with a faster batch path."""
+        return [np.asarray(self.encode(t), dtype=np.int64) for t in texts]
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def is_special(self, ids: np.ndarray) -> np.ndarray:
+        """Boolean mask of special-token ids (same shape as ``ids``)."""
+        return np.asarray(ids) >= self.n_text
+
+    def train(self, texts: Iterable, cache_dir: str | os.PathLike, corpus_hash: str) -> None:
+        """Fit to the training texts or documents (no-op for tokenizers without state)."""
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the trained state (no-op for tokenizers without state)."""
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Read a state written by :meth:`save`."""
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "vocab_size": self.vocab_size,
+            "fingerprint": self.fingerprint(),
+            "eos_id": self.eos_id,
+            "pad_id": self.pad_id,
+            "mask_id": self.mask_id,
+            "bos_id": self.bos_id,
+        }
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes are ids 0..255; eos=256, pad=257, mask=258, bos=259; vocab_size=260."""
+
+    name = "bytes"
+
+    @property
+    def n_text(self) -> int:
+        return 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_many(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8) for t in texts]
+
+    def decode(self, ids) -> str:
+        arr = np.asarray(ids, dtype=np.int64).ravel()
+        return arr[(arr >= 0) & (arr < 256)].astype(np.uint8).tobytes().decode("utf-8", "replace")
+
+    def fingerprint(self) -> str:
+        return "bytes-v1"
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE (GPT-2 pre-splitting, no normalization, so it is lossless).
+
+    ``vocab_size`` counts the 4 specials. If the training text is too small to learn
+    that many merges, the vocabulary is smaller and ``vocab_size`` reports the real size.
+    """
+
+    name = "bpe"
+    trainable = True
+    VERSION = 1
+
+    def __init__(self, vocab_size: int = 2048, min_frequency: int = 2):
+        self.requested_vocab_size = vocab_size
+        self.min_frequency = min_frequency
+        self._tok = None
+
+    def _hf(self):
+        if self._tok is None:
+            raise RuntimeError("BPETokenizer used before train() or load()")
+        return self._tok
+
+    @property
+    def n_text(self) -> int:
+        return self._hf().get_vocab_size()
+
+    def _check(self) -> None:
+        v = self.requested_vocab_size
+        if not isinstance(v, int) or v < 256 + N_SPECIALS + 1:
+            raise UserError(
+                f"tokenizer.vocab_size: must be an integer of at least {256 + N_SPECIALS + 1} "
+                f"(256 byte ids + {N_SPECIALS} specials + merges), got {v!r}"
+            )
+        if not isinstance(self.min_frequency, int) or self.min_frequency < 0:
+            raise UserError(
+                f"tokenizer.min_frequency: must be a non-negative integer, got {self.min_frequency!r}"
+            )
+
+    def fingerprint(self) -> str:
+        import tokenizers
+
+        return (f"bpe-v{self.VERSION}-vocab{self.requested_vocab_size}-minfreq{self.min_frequency}"
+                f"-hf{tokenizers.__version__}")
+
+    def cache_path(self, cache_dir: str | os.PathLike, corpus_hash: str) -> Path:
+        key = hashlib.sha256(f"{self.fingerprint()}|{corpus_hash}".encode()).hexdigest()[:16]
+        return Path(cache_dir) / "tokenizers" / f"bpe-{self.requested_vocab_size}-{key}.json"
+
+    def train(self, texts: Iterable, cache_dir: str | os.PathLike, corpus_hash: str) -> None:
+        """Load the BPE cached for ``corpus_hash``, or train on ``texts`` (strings or
+        :class:`~sandbox.data.corpora.Document`) and cache it."""
+        self._check()
+        path = self.cache_path(cache_dir, corpus_hash)
+        if path.exists():
+            self.load(path)
+            return
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=self.requested_vocab_size - N_SPECIALS,
+            min_frequency=self.min_frequency,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator((getattr(t, "text", t) for t in texts), trainer=trainer)
+        self._tok = tok
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.save(path)
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            self._hf().save(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load(self, path: str | os.PathLike) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self._tok = HFTokenizer.from_file(str(path))
+
+    def encode(self, text: str) -> list[int]:
+        return self._hf().encode(text, add_special_tokens=False).ids
+
+    def encode_many(self, texts: list[str]) -> list[np.ndarray]:
+        encs = self._hf().encode_batch(texts, add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.int64) for e in encs]
+
+    def decode(self, ids) -> str:
+        arr = np.asarray(ids, dtype=np.int64).ravel()
+        keep = arr[(arr >= 0) & (arr < self.n_text)]
+        return self._hf().decode(keep.tolist(), skip_special_tokens=False)

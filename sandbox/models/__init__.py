@@ -1,0 +1,1 @@
+"""Backbones: each an nnx.Module selected by ``model=<name>``."""

@@ -1,0 +1,196 @@
+"""The default backbone: a pre-norm Transformer in Flax NNX.
+
+``Transformer(tokens[B, L], mask_kind=...) -> logits[B, L, V]``.
+
+RoPE positions, RMSNorm, SwiGLU MLP and grouped-query attention (``n_kv_heads`` divides
+``n_heads``; ``n_kv_heads == 1`` is multi-query). The mask kind (``causal`` or
+``bidirectional``) is a call argument chosen by the objective, so one set of weights
+class serves every objective; the backbone knows nothing of losses or noise.
+
+Design choices:
+- Every parameter is an ``nnx.Param`` carrying ``logical_axes`` metadata (``vocab``,
+  ``embed``, ``heads``, ``kv_heads``, ``head_dim``, ``mlp``); the mesh module maps those
+  names to mesh axes. No eager sharding at construction, so a model builds anywhere.
+- The vocabulary is padded to a multiple of 128 for matmul-friendly shapes; the padded
+  logits are set to a large negative value so they carry no probability.
+- ``dtype`` is the compute dtype; parameters stay float32.
+- Attention kernels live in :mod:`sandbox.models.attention` (``attention=`` option).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sandbox.errors import UserError
+from sandbox.models.attention import attend, resolve_impl
+
+
+def _param(rngs: nnx.Rngs, shape, axes, std: float) -> nnx.Param:
+    return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32), logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * scale, statistics in float32.  x[..., D] -> [..., D]."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), logical_axes=("embed",))
+        self.eps = eps
+
+    def __call__(self, x):
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...]).astype(x.dtype)
+
+
+def rope(x, positions, base: float):
+    """Rotary embedding (Su et al. 2021), rotate-half form. x[B, L, H, D], positions[B, L]."""
+    d = x.shape[-1]
+    inv = 1.0 / (base ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    ang = positions[..., None].astype(jnp.float32) * inv  # [B, L, D/2]
+    cos, sin = jnp.cos(ang)[:, :, None, :], jnp.sin(ang)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention with RoPE.  x[B, L, D] -> [B, L, D]."""
+
+    def __init__(self, d_model, n_heads, n_kv_heads, head_dim, *, rope_base, impl, chunk,
+                 dtype, rngs, out_std):
+        std = 1.0 / math.sqrt(d_model)
+        self.wq = _param(rngs, (d_model, n_heads, head_dim), ("embed", "heads", "head_dim"), std)
+        self.wk = _param(rngs, (d_model, n_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), std)
+        self.wv = _param(rngs, (d_model, n_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), std)
+        self.wo = _param(rngs, (n_heads, head_dim, d_model), ("heads", "head_dim", "embed"), out_std)
+        self.rope_base, self.impl, self.chunk, self.dtype = rope_base, impl, chunk, dtype
+
+    def qkv(self, x, positions):
+        dt = self.dtype
+        q = jnp.einsum("bld,dhk->blhk", x, self.wq[...].astype(dt))
+        k = jnp.einsum("bld,dhk->blhk", x, self.wk[...].astype(dt))
+        v = jnp.einsum("bld,dhk->blhk", x, self.wv[...].astype(dt))
+        return rope(q, positions, self.rope_base), rope(k, positions, self.rope_base), v
+
+    def out(self, o):
+        return jnp.einsum("blhk,hkd->bld", o, self.wo[...].astype(self.dtype))
+
+    def __call__(self, x, positions, mask_kind):
+        q, k, v = self.qkv(x, positions)
+        return self.out(attend(q, k, v, mask_kind, self.impl, self.chunk))
+
+
+class SwiGLU(nnx.Module):
+    """SwiGLU MLP (Shazeer 2020).  x[B, L, D] -> [B, L, D]."""
+
+    def __init__(self, d_model, d_ff, *, dtype, rngs, out_std):
+        std = 1.0 / math.sqrt(d_model)
+        self.w_gate = _param(rngs, (d_model, d_ff), ("embed", "mlp"), std)
+        self.w_up = _param(rngs, (d_model, d_ff), ("embed", "mlp"), std)
+        self.w_down = _param(rngs, (d_ff, d_model), ("mlp", "embed"), out_std)
+        self.dtype = dtype
+
+    def __call__(self, x):
+        dt = self.dtype
+        h = jax.nn.silu(x @ self.w_gate[...].astype(dt)) * (x @ self.w_up[...].astype(dt))
+        return h @ self.w_down[...].astype(dt)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: dict, rngs: nnx.Rngs):
+        out_std = 1.0 / math.sqrt(cfg["d_model"]) / math.sqrt(2 * cfg["n_layers"])
+        self.norm1 = RMSNorm(cfg["d_model"])
+        self.attn = Attention(cfg["d_model"], cfg["n_heads"], cfg["n_kv_heads"], cfg["head_dim"],
+                              rope_base=cfg["rope_base"], impl=cfg["impl"], chunk=cfg["chunk"],
+                              dtype=cfg["dtype"], rngs=rngs, out_std=out_std)
+        self.norm2 = RMSNorm(cfg["d_model"])
+        self.mlp = SwiGLU(cfg["d_model"], cfg["d_ff"], dtype=cfg["dtype"], rngs=rngs, out_std=out_std)
+
+    def __call__(self, x, positions, mask_kind):
+        x = x + self.attn(self.norm1(x), positions, mask_kind)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nnx.Module):
+    """Pre-norm Transformer backbone. tokens[B, L] int -> logits[B, L, V] float32.
+
+    Args:
+      vocab_size: the tokenizer's vocabulary (special tokens included).
+      d_model, n_layers, n_heads: width, depth and query heads.
+      n_kv_heads: key/value heads (GQA); defaults to ``n_heads`` (plain multi-head).
+      d_ff: SwiGLU hidden width; defaults to 8/3 d_model rounded up to a multiple of 64.
+      max_len: longest sequence the model is asked to handle (checked at call time).
+      attention: ``auto`` | ``xla`` | ``chunked`` | ``cudnn`` (see ``attention.py``).
+      attn_chunk: query chunk length for ``chunked``.
+      dtype: compute dtype name (``float32`` or ``bfloat16``).
+      tie_embeddings: share the input embedding with the output projection.
+    """
+
+    supported_masks = ("causal", "bidirectional")
+
+    def __init__(self, *, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
+                 n_kv_heads: int | None = None, d_ff: int | None = None, max_len: int = 1024,
+                 rope_base: float = 10000.0, attention: str = "auto", attn_chunk: int = 64,
+                 dtype: str = "float32", tie_embeddings: bool = False, rngs: nnx.Rngs,
+                 name: str = "transformer"):
+        n_kv_heads = n_kv_heads or n_heads
+        if d_model % n_heads:
+            raise UserError(f"model.n_heads={n_heads} must divide model.d_model={d_model}")
+        if n_heads % n_kv_heads:
+            raise UserError(f"model.n_kv_heads={n_kv_heads} must divide model.n_heads={n_heads}")
+        try:
+            cdt = jnp.dtype(dtype)
+        except TypeError:
+            raise UserError(f"model.dtype: unknown dtype '{dtype}' (use float32 or bfloat16)") from None
+        d_ff = d_ff or 64 * math.ceil(8 * d_model / 3 / 64)
+        self.vocab_size = vocab_size
+        self.padded_vocab = 128 * math.ceil(vocab_size / 128)
+        self.max_len, self.dtype, self.tie = max_len, cdt, tie_embeddings
+        self.name = name
+        cfg = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                   head_dim=d_model // n_heads, d_ff=d_ff, rope_base=rope_base,
+                   impl=resolve_impl(attention, cdt), chunk=attn_chunk, dtype=cdt)
+        self.cfg = cfg
+        self.embed = _param(rngs, (self.padded_vocab, d_model), ("vocab", "embed"), 1.0)
+        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(n_layers)])
+        self.norm = RMSNorm(d_model)
+        if not tie_embeddings:
+            self.head = _param(rngs, (d_model, self.padded_vocab), ("embed", "vocab"),
+                               1.0 / math.sqrt(d_model))
+
+    def hidden(self, tokens, *, mask_kind: str = "causal", positions=None):
+        """tokens[B, L] -> final normalised hidden states [B, L, D]."""
+        b, l = tokens.shape
+        if l > self.max_len:
+            raise UserError(f"train.seq_len={l} exceeds model.max_len={self.max_len}; "
+                            "raise model.max_len or shorten the sequence")
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(l), (b, l))
+        x = self.embed[...][tokens].astype(self.dtype)
+        for blk in self.blocks:
+            x = blk(x, positions, mask_kind)
+        return self.norm(x)
+
+    def logits(self, h):
+        """Hidden [B, L, D] -> logits [B, L, V] float32, padded vocabulary removed."""
+        w = self.embed[...].T if self.tie else self.head[...]
+        if self.tie:
+            h = h / math.sqrt(h.shape[-1])
+        out = jnp.einsum("bld,dv->blv", h, w.astype(self.dtype), preferred_element_type=jnp.float32)
+        return out[..., : self.vocab_size]
+
+    def __call__(self, tokens, *, mask_kind: str = "causal", positions=None, t=None):
+        """tokens[B, L] -> logits[B, L, V]. ``t`` (diffusion time) is ignored: this backbone
+        is not time-conditioned (MDLM shows it is unnecessary for absorbing diffusion)."""
+        del t
+        return self.logits(self.hidden(tokens, mask_kind=mask_kind, positions=positions))
+
+    def n_params(self, non_embedding: bool = True) -> int:
+        state = nnx.state(self, nnx.Param)
+        total = sum(x.size for x in jax.tree.leaves(state))
+        if non_embedding:
+            total -= self.embed[...].size + (0 if self.tie else self.head[...].size)
+        return int(total)

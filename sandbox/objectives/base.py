@@ -1,0 +1,60 @@
+"""What every objective provides, and the checks that make a wrong pairing impossible.
+
+An objective is a frozen dataclass with no parameters. It owns the corruption process,
+the special tokens it needs (bound from the tokenizer with :meth:`Objective.bind`), the
+training loss and a likelihood figure comparable across objectives:
+
+- ``loss(model, tokens[B, L], key) -> (scalar, metrics)``: the training loss, nats/token.
+- ``nll(model, tokens[B, L], key, draws) -> nats[K, B]``: per-sequence negative log-likelihood
+  in nats per token for ``K`` independent draws (``K = 1`` for exact objectives). For a
+  diffusion objective this is an upper bound (NELBO) and the ``K`` draws let the
+  evaluator report a Monte-Carlo standard error.
+- ``mask_kind``: the attention mask it needs from the backbone.
+- ``flops_factor``: forward cost of one training token relative to one backbone token
+  (2 for block diffusion's doubled input), used for compute-matched budgets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from sandbox.errors import UserError
+
+
+class Objective:
+    name: str = "objective"
+    mask_kind: str = "causal"
+    exact: bool = True
+    flops_factor: float = 1.0
+
+    def bind(self, tokenizer) -> "Objective":
+        """Return a copy that knows the tokenizer's special token ids."""
+        return self
+
+    def check(self, model, tokenizer) -> None:
+        """Raise UserError if this objective cannot train ``model`` with ``tokenizer``."""
+        masks = getattr(model, "supported_masks", ())
+        if self.mask_kind not in masks:
+            raise UserError(f"objective={self.name} needs a {self.mask_kind} mask but model "
+                            f"'{getattr(model, 'name', type(model).__name__)}' supports only "
+                            f"{', '.join(masks) or 'none'}; pick another model or objective")
+        if model.vocab_size != tokenizer.vocab_size:
+            raise UserError(f"model vocabulary {model.vocab_size} != tokenizer vocabulary "
+                            f"{tokenizer.vocab_size}; build the model from the tokenizer")
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)
+
+
+def token_nll(logits, targets):
+    """-log softmax(logits)[targets] in float32. logits[..., V], targets[...] -> [...]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+def bits_per_byte(nats_per_token: float, tokens_per_byte: float) -> float:
+    return float(nats_per_token) * float(tokens_per_byte) / math.log(2.0)

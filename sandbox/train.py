@@ -1,0 +1,311 @@
+"""Train any backbone under any objective: ``python -m sandbox.train [overrides]``.
+
+One loop for every objective. The step is a pure ``jax.jit`` function over the split
+NNX state (``nnx.split`` once, ``nnx.merge`` inside the trace), which avoids NNX's
+per-call graph traversal: ``sandbox.bench`` measures it against ``nnx.jit``.
+
+The train state is a plain pytree ``{params, ema, opt, step}``. Batches and step keys
+are pure functions of ``(seed, step)``, so a run resumed from a checkpoint continues
+exactly as if never stopped. Evaluation uses the EMA weights and reports held-out bits
+per byte (an upper bound, with its Monte-Carlo standard error, for diffusion).
+
+Everything that can be wrong with the inputs is checked before the run folder is
+written; a bad input ends with one line (``sandbox.errors``) and, for a fresh run,
+leaves no folder behind.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from sandbox import flops as flops_lib
+from sandbox.checkpoint import Checkpointer, check_compatible, describe_state
+from sandbox.cli import hydra_entry, instantiate, require_int
+from sandbox.data import check_seq_len, eval_batches, get_batch, prepare
+from sandbox.errors import UserError
+from sandbox.optim import make_optimizer
+from sandbox.runinfo import MetricsLog, read_metrics, write_run_files
+
+LN2 = math.log(2.0)
+
+
+# --- building blocks ------------------------------------------------------------------------
+def build_data(cfg):
+    corpus = instantiate(cfg.data, "data")
+    tokenizer = instantiate(cfg.tokenizer, "tokenizer")
+    data = prepare(corpus, tokenizer, cfg.cache_dir, progress=bool(cfg.train.progress))
+    return data, data.tokenizer
+
+
+def build_model(cfg, tokenizer, seed: int):
+    return instantiate(cfg.model, "model", vocab_size=tokenizer.vocab_size, rngs=nnx.Rngs(seed))
+
+
+def build_objective(cfg, model, tokenizer):
+    objective = instantiate(cfg.objective, "objective").bind(tokenizer)
+    objective.check(model, tokenizer)
+    return objective
+
+
+def split_model(model):
+    """(graphdef, params). The backbones hold only Params; anything else is a bug."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        raise TypeError("backbone holds non-Param state; the trainer does not carry it")
+    return graphdef, params
+
+
+def init_state(params, tx):
+    return {"params": params, "ema": jax.tree.map(jnp.copy, params), "opt": tx.init(params),
+            "step": jnp.zeros((), jnp.int32)}
+
+
+def make_train_step(graphdef, objective, tx, ema_decay: float):
+    """state, batch[B, L], key -> (state, metrics). Pure; jitted with the state donated."""
+
+    def step_fn(state, batch, key):
+        def loss_fn(p):
+            return objective.loss(nnx.merge(graphdef, p), batch, key)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        params = jax.tree.map(lambda p, u: p + u, state["params"], updates)
+        step = state["step"] + 1
+        # EMA with warm-up (decay grows like (1+n)/(10+n)) so short runs are not all init.
+        d = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+        ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema"], params)
+        metrics = {"loss": loss, "grad_norm": optax_global_norm(grads), **aux}
+        return {"params": params, "ema": ema, "opt": opt, "step": step}, metrics
+
+    return jax.jit(step_fn, donate_argnums=0)
+
+
+def optax_global_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def make_eval_fn(graphdef, objective, draws: int):
+    """params, batch[B, L], key -> per-sequence nats/token draws [K, B]."""
+    return jax.jit(lambda p, batch, key: objective.nll(nnx.merge(graphdef, p), batch, key, draws))
+
+
+def evaluate(eval_fn, params, tokens, tokens_per_byte, *, batch_size, seq_len, max_batches, key,
+             exact: bool) -> dict:
+    """Held-out bits per byte. For a bound with K draws per sequence, the standard error is
+    the Monte-Carlo error of the estimate given the data: sqrt(sum_b var_k(v[k,b]) / K) / N."""
+    draws = []
+    for i, batch in enumerate(eval_batches(tokens, batch_size=batch_size, seq_len=seq_len,
+                                           max_batches=max_batches)):
+        draws.append(np.asarray(eval_fn(params, jnp.asarray(batch), jax.random.fold_in(key, i))))
+    v = np.concatenate(draws, axis=1).astype(np.float64)  # [K, N]
+    k, n = v.shape
+    nats = float(v.mean())
+    scale = tokens_per_byte / LN2
+    out = {"val_nats_per_token": nats, "val_bpb": nats * scale, "val_sequences": n,
+           "bound": "exact" if exact else "upper"}
+    if not exact:
+        var = v.var(axis=0, ddof=1).sum() / k if k > 1 else float("nan")
+        out["val_bpb_stderr"] = float(math.sqrt(var) / n * scale)
+        out["val_draws"] = k
+    return out
+
+
+# --- the run --------------------------------------------------------------------------------
+class _Stop:
+    """SIGTERM / SIGINT set a flag; the loop checkpoints and exits at the next step."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def resolve_steps(cfg, flops_per_token: float) -> int:
+    t = cfg.train
+    if t.get("flop_budget"):
+        budget = float(t.flop_budget)
+        if budget <= 0:
+            raise UserError(f"train.flop_budget={t.flop_budget} must be positive")
+        return max(1, math.ceil(budget / (flops_per_token * t.batch_size * t.seq_len)))
+    return require_int(t, "steps", "train.steps", minimum=1)
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict:
+    """Train per ``cfg`` into ``run_dir`` (resuming if it holds a checkpoint)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fresh = not any(run_dir.iterdir())
+    try:
+        setup = _setup(cfg, run_dir)
+    except BaseException:
+        if fresh:  # nothing half-written: a fresh run folder that failed to start goes away
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if fresh or not (run_dir / "config.yaml").exists():
+        write_run_files(run_dir, OmegaConf.to_yaml(cfg, resolve=True), overrides or [], setup["shapes"])
+    return _loop(cfg, run_dir, setup)
+
+
+def _setup(cfg, run_dir: Path) -> dict:
+    t = cfg.train
+    seed = require_int(cfg, "seed", "seed")
+    batch_size = require_int(t, "batch_size", "train.batch_size", minimum=1)
+    seq_len = require_int(t, "seq_len", "train.seq_len", minimum=2)
+    for f in ("eval_every", "ckpt_every", "log_every", "eval_draws", "eval_batches", "eval_batch_size"):
+        require_int(t, f, f"train.{f}", minimum=1)
+    data, tokenizer = build_data(cfg)
+    check_seq_len(data.splits["train"], seq_len, "train")
+    check_seq_len(data.splits["val"], seq_len, "val")
+    model = build_model(cfg, tokenizer, seed)
+    if seq_len > model.max_len:
+        raise UserError(f"train.seq_len={seq_len} exceeds model.max_len={model.max_len}; "
+                        "raise model.max_len or lower train.seq_len")
+    objective = build_objective(cfg, model, tokenizer)
+    fpt = flops_lib.train_flops_per_token(model, seq_len, objective)
+    steps = resolve_steps(cfg, fpt)
+    tx, sched = make_optimizer(cfg.optim, steps)
+    graphdef, params = split_model(model)
+    state = init_state(params, tx)
+    shapes = describe_state(state)
+    ckpt = None
+    if (run_dir / "checkpoints").exists():
+        saved = run_dir / "shapes.json"
+        if saved.exists():
+            import json
+
+            check_compatible(json.loads(saved.read_text()), json.loads(json.dumps(shapes)),
+                             str(run_dir / "checkpoints"))
+        ckpt = Checkpointer(run_dir / "checkpoints")
+        restored, step = ckpt.restore(state)
+        if restored is not None:
+            state = restored
+            print(f"resuming {run_dir} from step {step}")
+    return dict(data=data, tokenizer=tokenizer, model=model, objective=objective, graphdef=graphdef,
+                state=state, tx=tx, sched=sched, steps=steps, fpt=fpt, shapes=shapes, ckpt=ckpt,
+                seed=seed, batch_size=batch_size, seq_len=seq_len)
+
+
+def _loop(cfg, run_dir: Path, s: dict) -> dict:
+    t = cfg.train
+    data, objective, state = s["data"], s["objective"], s["state"]
+    steps, bs, sl, fpt = s["steps"], s["batch_size"], s["seq_len"], s["fpt"]
+    ckpt = s["ckpt"] or Checkpointer(run_dir / "checkpoints")
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=jax.process_index() == 0)
+    start = int(state["step"])
+    log.rewind(start)
+    train_step = make_train_step(s["graphdef"], objective, s["tx"], float(t.ema_decay))
+    eval_fn = make_eval_fn(s["graphdef"], objective, int(t.eval_draws))
+    base_key = jax.random.PRNGKey(s["seed"])
+    eval_key = jax.random.fold_in(jax.random.PRNGKey(s["seed"]), 10**9)  # same masks every eval
+    tpb_val = data.tokens_per_byte("val")
+    tokens_per_step = bs * sl
+
+    def do_eval(step):
+        r = evaluate(eval_fn, state["ema"], data.splits["val"], tpb_val, batch_size=int(t.eval_batch_size),
+                     seq_len=sl, max_batches=int(t.eval_batches), key=eval_key, exact=objective.exact)
+        rec = {"kind": "eval", "step": step, **r, "tokens": step * tokens_per_step,
+               "flops": step * tokens_per_step * fpt, "weights": "ema"}
+        log.write(rec)
+        return rec
+
+    last_eval = None
+    if start == 0 and not any(r.get("kind") == "meta" for r in read_metrics(log.path)):
+        log.write({"kind": "meta", "step": 0, "objective": objective.name,
+                   "params_non_embedding": s["model"].n_params(), "train_flops_per_token": fpt,
+                   "total_steps": steps, "tokens_per_step": tokens_per_step,
+                   "tokens_per_byte_val": tpb_val})
+    bar = tqdm(total=steps, initial=start, disable=not t.progress, dynamic_ncols=True,
+               desc=f"{objective.name}", mininterval=1.0)
+    acc, n_acc = 0.0, 0
+    t_last, step_last = None, start
+    stopped = None
+    with _Stop() as stop:
+        for step in range(start + 1, steps + 1):
+            batch = get_batch(data.splits["train"], seed=s["seed"], step=step, batch_size=bs, seq_len=sl,
+                              process_index=jax.process_index(), process_count=jax.process_count())
+            t0 = time.perf_counter()
+            state, m = train_step(state, jnp.asarray(batch), jax.random.fold_in(base_key, step))
+            if t_last is None:  # first step of this process: includes compilation
+                jax.block_until_ready(m["loss"])
+                compile_s = time.perf_counter() - t0
+                log.write({"kind": "compile", "step": step, "first_step_s": compile_s})
+                t_last, step_last = time.perf_counter(), step
+            acc, n_acc = acc + m["loss"], n_acc + 1
+            if step % t.log_every == 0 or step == steps:
+                loss = float(acc) / n_acc
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"train loss became {loss} at step {step}; lower optim.lr")
+                now = time.perf_counter()
+                tps = (step - step_last) * tokens_per_step / max(now - t_last, 1e-9) if step > step_last else None
+                t_last, step_last = now, step
+                log.write({"kind": "train", "step": step, "train_loss": loss, "tokens_per_s": tps,
+                           "lr": float(s["sched"](step - 1)), "grad_norm": float(m["grad_norm"]),
+                           "tokens": step * tokens_per_step, "flops": step * tokens_per_step * fpt})
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}" if tps else "-", refresh=False)
+                acc, n_acc = 0.0, 0
+            bar.update(1)
+            if step % t.eval_every == 0 or step == steps:
+                last_eval = do_eval(step)
+                bar.write(f"step {step}: val_bpb {last_eval['val_bpb']:.4f}"
+                          + (f" ± {last_eval['val_bpb_stderr']:.4f} (upper bound)"
+                             if "val_bpb_stderr" in last_eval else ""))
+                t_last = time.perf_counter()  # eval time is not training time
+            if step % t.ckpt_every == 0 or step == steps or stop.signum is not None:
+                ckpt.save(step, state)
+                t_last = time.perf_counter()
+            if stop.signum is not None:
+                stopped = (stop.signum, step)
+                break
+    bar.close()
+    ckpt.close()
+    if stopped:
+        signum, step = stopped
+        print(f"stopped by signal {signum} at step {step}; checkpoint saved, run the same command to resume",
+              file=sys.stderr)
+        sys.exit(128 + signum)
+    if last_eval is None:
+        last_eval = next((r for r in reversed(read_metrics(log.path)) if r.get("kind") == "eval"), {})
+    return last_eval
+
+
+def task(cfg: DictConfig) -> dict:
+    hc = HydraConfig.get()
+    return run(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+
+
+def main() -> None:
+    hydra_entry(task, config_name="config")
+
+
+if __name__ == "__main__":
+    main()
