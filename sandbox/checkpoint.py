@@ -73,7 +73,8 @@ class Checkpointer:
     def restore(self, target_state, step: int | None = None):
         """Restore into the structure of ``target_state``. Returns (state, step) or (None, None)."""
         leaves, treedef = jax.tree.flatten(target_state)
-        abstract = {f"{i:05d}": jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None))
+        abstract = {f"{i:05d}": jax.ShapeDtypeStruct(np.shape(x), x.dtype,
+                                                     sharding=getattr(x, "sharding", None))
                     for i, x in enumerate(leaves)}
         candidates = [step] if step is not None else list(reversed(self.steps()))
         for i, s in enumerate(candidates):
@@ -88,8 +89,9 @@ class Checkpointer:
                     print(f"warning: checkpoint {self.dir}/{s} unreadable ({type(e).__name__}); "
                           f"falling back to step {candidates[i + 1]}")
                     continue
-                raise UserError(f"{self.dir}/{s}: checkpoint unreadable ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:200]}); delete it or use a new hydra.run.dir") from e
+                first = (str(e).splitlines() or [""])[0][:200]
+                raise UserError(f"{self.dir}/{s}: checkpoint unreadable ({type(e).__name__}: {first}); "
+                                "delete it or use a new hydra.run.dir") from e
             return jax.tree.unflatten(treedef, [flat[f"{j:05d}"] for j in range(len(leaves))]), s
         return None, None
 

@@ -13,6 +13,7 @@ config group; ``require_int`` validates integer fields.
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from pathlib import Path
 
@@ -68,12 +69,12 @@ def check_overrides(args: list[str], config_name: str) -> None:
                 compose(config_name=config_name, overrides=ov)
             except Exception as e:
                 msg = _first_line(e)
-                for o in parsed:
-                    group = o.key_or_group
-                    if f"'{group}/" in str(e) and "Could not find" in str(e):
-                        opts = _group_options(group)
-                        raise UserError(f"{group}={o.value()}: unknown option (choose one of "
-                                        f"{', '.join(opts)}; configs live in conf/{group}/)") from None
+                missing = re.search(r"Could not find '([^']+)/([^'/]+)'", str(e))
+                if missing:
+                    group, value = missing.groups()
+                    opts = _group_options(group)
+                    raise UserError(f"{group}={value}: unknown option (choose one of "
+                                    f"{', '.join(opts)}; configs live in conf/{group}/)") from None
                 if "not in struct" in str(e) or "Could not override" in str(e):
                     key = msg.split("'")[1] if "'" in msg else msg
                     raise UserError(f"{key}: unknown config key (check the spelling; see "

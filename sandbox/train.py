@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import hydra
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -176,6 +175,37 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
     return _loop(cfg, run_dir, setup)
 
 
+# Keys a resumed run may change: they affect reporting, not the trajectory.
+RESUME_MAY_CHANGE = ("cache_dir", "train.progress", "train.eval_every", "train.ckpt_every",
+                     "train.log_every", "train.eval_batches", "train.eval_batch_size", "train.eval_draws")
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def check_same_run(cfg, run_dir: Path) -> None:
+    """Resuming must continue the same run: refuse a changed seed, budget, schedule, data...
+
+    (A longer ``train.steps`` would, for instance, stretch the cosine schedule under the
+    steps already taken, so the result would match no uninterrupted run.)"""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = _flat(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=False))
+    now = _flat(OmegaConf.to_container(cfg, resolve=True))
+    for key in sorted(set(saved) | set(now)):
+        if key.startswith(RESUME_MAY_CHANGE):
+            continue
+        if saved.get(key) != now.get(key):
+            raise UserError(f"{key}: the run in {run_dir} was started with {saved.get(key)!r}, now "
+                            f"{now.get(key)!r}; a resumed run must keep it (use a new hydra.run.dir)")
+
+
 def _setup(cfg, run_dir: Path) -> dict:
     t = cfg.train
     seed = require_int(cfg, "seed", "seed")
@@ -205,6 +235,7 @@ def _setup(cfg, run_dir: Path) -> dict:
 
             check_compatible(json.loads(saved.read_text()), json.loads(json.dumps(shapes)),
                              str(run_dir / "checkpoints"))
+        check_same_run(cfg, run_dir)
         ckpt = Checkpointer(run_dir / "checkpoints")
         restored, step = ckpt.restore(state)
         if restored is not None:
@@ -266,7 +297,8 @@ def _loop(cfg, run_dir: Path, s: dict) -> dict:
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"train loss became {loss} at step {step}; lower optim.lr")
                 now = time.perf_counter()
-                tps = (step - step_last) * tokens_per_step / max(now - t_last, 1e-9) if step > step_last else None
+                tps = ((step - step_last) * tokens_per_step / max(now - t_last, 1e-9)
+                       if step > step_last else None)
                 t_last, step_last = now, step
                 log.write({"kind": "train", "step": step, "train_loss": loss, "tokens_per_s": tps,
                            "lr": float(s["sched"](step - 1)), "grad_norm": float(m["grad_norm"]),

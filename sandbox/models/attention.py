@@ -39,36 +39,38 @@ def resolve_impl(impl: str, dtype) -> str:
 
 
 def _dense(q, k, v, mask):
-    """Reference attention with grouped heads. mask: bool[L, S] or None."""
-    b, l, h, d = q.shape
-    kh = k.shape[2]
-    qg = q.reshape(b, l, kh, h // kh, d)
-    s = jnp.einsum("blkgd,bskd->bkgls", qg, k, preferred_element_type=jnp.float32)
+    """Attention in heads-major layout. q[B, K, G, L, D], k/v[B, K, S, D], mask bool[L, S]."""
+    d = q.shape[-1]
+    s = jnp.einsum("bkgld,bksd->bkgls", q, k, preferred_element_type=jnp.float32)
     s = s * (1.0 / math.sqrt(d))
     if mask is not None:
         s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    o = jnp.einsum("bkgls,bskd->blkgd", p, v)
-    return o.reshape(b, l, h, d)
+    return jnp.einsum("bkgls,bksd->bkgld", p, v)
 
 
 def _chunked(q, k, v, mask_kind: str, chunk: int):
-    l, s = q.shape[1], k.shape[1]
+    """q[B, L, H, D], k/v[B, S, K, D] -> [B, L, H, D].
+
+    Heads-major layout inside (one transpose in, one out): on XLA:CPU the batched matmuls
+    over [B, H] are much faster than dot_generals over the [B, L, H, D] layout."""
+    b, l, h, d = q.shape
+    s, kh = k.shape[1], k.shape[2]
+    qt = q.reshape(b, l, kh, h // kh, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, L, D]
+    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)     # [B, K, S, D]
     if mask_kind == "bidirectional":
-        if l <= chunk:
-            return _dense(q, k, v, None)
-        outs = [_dense(q[:, i:i + chunk], k, v, None) for i in range(0, l, chunk)]
-        return jnp.concatenate(outs, axis=1)
-    # causal, queries aligned to the end of the keys (offset = s - l for cached prefixes)
-    off = s - l
-    outs = []
-    for i in range(0, l, chunk):
-        j = min(i + chunk, l)
-        kv_end = off + j
-        qi = jnp.arange(i, j)[:, None] + off
-        ki = jnp.arange(kv_end)[None, :]
-        outs.append(_dense(q[:, i:j], k[:, :kv_end], v[:, :kv_end], ki <= qi))
-    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+        c = max(chunk, 512)  # no FLOPs to skip: chunk only to bound memory on long inputs
+        outs = [_dense(qt[:, :, :, i:i + c], kt, vt, None) for i in range(0, l, c)]
+    else:
+        off = s - l  # queries aligned to the end of the keys (cached prefixes)
+        outs = []
+        for i in range(0, l, chunk):
+            j = min(i + chunk, l)
+            kv_end = off + j
+            mask = (jnp.arange(kv_end)[None, :] <= jnp.arange(i, j)[:, None] + off)
+            outs.append(_dense(qt[:, :, :, i:j], kt[:, :, :kv_end], vt[:, :, :kv_end], mask))
+    o = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+    return o.transpose(0, 3, 1, 2, 4).reshape(b, l, h, d)
 
 
 def attend(q, k, v, mask_kind: str, impl: str = "chunked", chunk: int = 64):

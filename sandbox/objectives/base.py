@@ -31,7 +31,7 @@ class Objective:
     exact: bool = True
     flops_factor: float = 1.0
 
-    def bind(self, tokenizer) -> "Objective":
+    def bind(self, tokenizer) -> Objective:
         """Return a copy that knows the tokenizer's special token ids."""
         return self
 

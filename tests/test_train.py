@@ -1,0 +1,270 @@
+"""End-to-end tests of the trainer: run folders, exact resume, bad inputs, multirun.
+
+In-process runs call ``sandbox.train.run(cfg, run_dir)`` with a config composed from
+``conf/`` (``run`` itself needs no HydraConfig); command-line behaviour (one-line errors,
+exit codes, multirun) is tested in subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import FIXTURES, REPO, TEXT, TINY, compose
+
+import sandbox.train as train_mod
+from sandbox.errors import UserError
+from sandbox.train import run
+
+RUN_FILES = ("config.yaml", "overrides.yaml", "git.json", "env.json", "shapes.json", "metrics.jsonl")
+
+
+def tiny_cfg(objective: str, *extra: str, cache: Path):
+    return compose([*TINY, f"objective={objective}", f"cache_dir={cache}", *extra])
+
+
+def records(run_dir: Path, kind: str) -> list[dict]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("kind") == kind]
+
+
+def curve(run_dir: Path) -> list[tuple]:
+    """(kind, step, value) of every train loss and eval bpb, in file order."""
+    out = []
+    for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines()):
+        if r.get("kind") == "train":
+            out.append(("train", r["step"], r["train_loss"]))
+        elif r.get("kind") == "eval":
+            out.append(("eval", r["step"], r["val_bpb"]))
+    return out
+
+
+def assert_same_curve(a: Path, b: Path) -> None:
+    ca, cb = curve(a), curve(b)
+    assert [c[:2] for c in ca] == [c[:2] for c in cb]
+    for x, y in zip(ca, cb, strict=True):
+        assert y[2] == pytest.approx(x[2], abs=1e-6), (x, y)
+
+
+def snapshot(folder: Path) -> dict:
+    """path -> (mtime_ns, bytes) for every file under ``folder``."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, sandbox_cache) -> dict[str, Path]:
+    """6-step runs of each objective, never interrupted (the reference for resume tests)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    out = {}
+    for obj in ("ar", "mdlm"):
+        overrides = [*TINY, f"objective={obj}"]
+        result = run(tiny_cfg(obj, cache=sandbox_cache), root / obj, overrides)
+        assert result["step"] == 6
+        out[obj] = root / obj
+    return out
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+@pytest.mark.parametrize("obj", ["ar", "mdlm"])
+def test_run_folder_layout_and_metrics(uninterrupted, obj):
+    d = uninterrupted[obj]
+    for name in RUN_FILES:
+        assert (d / name).is_file(), name
+    assert (d / "checkpoints").is_dir()
+    saved = sorted(int(p.name) for p in (d / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [3, 6]
+
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    assert cfg["train"]["steps"] == 6 and cfg["objective"]["name"] == obj
+    assert cfg["data"]["path"] == str(TEXT)
+    assert "${" not in (d / "config.yaml").read_text()  # resolved
+    assert f"objective={obj}" in yaml.safe_load((d / "overrides.yaml").read_text())
+    assert "commit" in json.loads((d / "git.json").read_text())
+    assert "jax" in json.loads((d / "env.json").read_text())["packages"]
+    shapes = json.loads((d / "shapes.json").read_text())
+    assert any("ema" in k for k in shapes) and any("params" in k for k in shapes)
+
+    train = records(d, "train")
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    for r in train:
+        assert {"step", "train_loss", "tokens_per_s"} <= set(r)
+        assert math.isfinite(r["train_loss"]) and r["train_loss"] > 0
+    assert all(r["tokens_per_s"] > 0 for r in train[1:])  # the first step includes compiling
+
+    evals = records(d, "eval")
+    assert [r["step"] for r in evals] == [3, 6]
+    for r in evals:
+        assert math.isfinite(r["val_bpb"]) and r["val_bpb"] > 0
+        if obj == "mdlm":
+            assert r["val_bpb_stderr"] > 0 and r["bound"] == "upper"
+        else:
+            assert "val_bpb_stderr" not in r and r["bound"] == "exact"
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize("obj", ["ar", "mdlm"])
+def test_sigterm_then_resume_matches_an_uninterrupted_run(uninterrupted, sandbox_cache, tmp_path,
+                                                          monkeypatch, obj):
+    """SIGTERM during step 4 (not a checkpoint step): the trainer saves step 4 and exits;
+    running the same command again continues exactly as if never stopped."""
+    real_get_batch = train_mod.get_batch
+
+    def get_batch(*args, step, **kw):
+        if step == 4:
+            signal.raise_signal(signal.SIGTERM)
+        return real_get_batch(*args, step=step, **kw)
+
+    cfg = tiny_cfg(obj, cache=sandbox_cache)
+    d = tmp_path / "b"
+    monkeypatch.setattr(train_mod, "get_batch", get_batch)
+    with pytest.raises(SystemExit) as exit_info:
+        run(cfg, d)
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert max(r["step"] for r in records(d, "train")) == 4
+    assert sorted(int(p.name) for p in (d / "checkpoints").iterdir() if p.name.isdigit()) == [3, 4]
+    monkeypatch.setattr(train_mod, "get_batch", real_get_batch)
+
+    result = run(tiny_cfg(obj, cache=sandbox_cache), d)
+    assert result["step"] == 6
+    assert_same_curve(uninterrupted[obj], d)
+
+
+@pytest.mark.parametrize("change,key", [
+    ("train.steps=9", "train.steps"),     # would stretch the cosine schedule under old steps
+    ("seed=5", "seed"),
+    ("optim.lr=0.01", "optim.lr"),
+])
+def test_resuming_with_a_changed_trajectory_setting_is_refused(
+        uninterrupted, sandbox_cache, tmp_path, change, key):
+    d = tmp_path / "b"
+    shutil.copytree(uninterrupted["ar"], d)
+    before = snapshot(d)
+    with pytest.raises(UserError) as err:
+        run(tiny_cfg("ar", change, cache=sandbox_cache), d)
+    assert str(err.value).startswith(key + ":"), str(err.value)
+    assert "hydra.run.dir" in str(err.value)
+    assert snapshot(d) == before
+
+
+def test_resuming_may_change_reporting_settings(uninterrupted, sandbox_cache, tmp_path):
+    d = tmp_path / "e"
+    shutil.copytree(uninterrupted["ar"], d)
+    result = run(tiny_cfg("ar", "train.eval_every=2", "train.log_every=3", cache=sandbox_cache), d)
+    assert result["step"] == 6
+
+
+def test_rerunning_a_finished_run_changes_nothing(uninterrupted, sandbox_cache, tmp_path):
+    d = tmp_path / "done"
+    shutil.copytree(uninterrupted["ar"], d)
+    before = (d / "metrics.jsonl").read_text()
+    result = run(tiny_cfg("ar", cache=sandbox_cache), d)
+    assert result["step"] == 6 and result["kind"] == "eval"
+    assert (d / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("change,words", [
+    ("model.d_model=64", ("checkpoint", "shape")),
+    ("model.n_layers=2", ("checkpoint", "parameter")),
+])
+def test_checkpoint_of_another_model_is_refused_and_the_folder_untouched(
+        uninterrupted, sandbox_cache, tmp_path, change, words):
+    d = tmp_path / "c"
+    shutil.copytree(uninterrupted["ar"], d)
+    before = snapshot(d)
+    assert "config.yaml" in before and "metrics.jsonl" in before
+    with pytest.raises(UserError) as err:
+        run(tiny_cfg("ar", change, cache=sandbox_cache), d)
+    msg = str(err.value)
+    for w in words:
+        assert w in msg, msg
+    assert "\n" not in msg
+    assert snapshot(d) == before
+
+
+# ----------------------------------------------------------------------------- CLI errors
+
+
+def cli(*args: str, cache: Path, cwd: Path = REPO, timeout: int = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SANDBOX_CACHE": str(cache), "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "sandbox.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+BAD_INPUTS = {
+    # id: (overrides, words the one-line message must contain)
+    "missing-path": (["data=text_files", "data.path={tmp}/no/such/dir"], ["data.path", "no/such/dir"]),
+    "empty-folder": (["data=text_files", "data.path={tmp}/empty"], ["data.path", "empty"]),
+    "blank-files": (["data=text_files", f"data.path={FIXTURES / 'blank'}"], ["data.path", "blank"]),
+    "not-utf8": (["data=text_files", f"data.path={FIXTURES / 'bad_utf8'}"],
+                 ["data.path", "latin1.txt", "UTF-8"]),
+    "seq-len-too-long": (["data=text_files", f"data.path={TEXT}", "train.seq_len=100000"],
+                         ["train.seq_len"]),
+    "unknown-objective": (["objective=nonexistent"], ["objective", "nonexistent", "ar", "mdlm"]),
+    "unknown-key": (["train.stepz=3"], ["train.stepz"]),
+    "unknown-attention": (["data=text_files", f"data.path={TEXT}", "train.seq_len=32",
+                           "model.attention=bogus"], ["model.attention", "bogus"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gives_one_line_and_no_run_folder(case, sandbox_cache, tmp_path):
+    overrides, words = BAD_INPUTS[case]
+    (tmp_path / "empty").mkdir()
+    run_dir = tmp_path / "run"
+    overrides = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
+    p = cli(*overrides, "train.progress=false", f"hydra.run.dir={run_dir}", cache=sandbox_cache)
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("error:"), p.stderr[-2000:]
+    for w in words:
+        assert w in lines[-1], (w, lines[-1])
+    assert not run_dir.exists()
+
+
+# ----------------------------------------------------------------------------- multirun
+
+
+def test_multirun_sweeps_objectives(sandbox_cache, tmp_path):
+    sweep = tmp_path / "sweep"
+    tiny = [o for o in TINY if not o.startswith(("train.steps", "train.eval_every", "train.ckpt_every"))]
+    p = cli("-m", "objective=ar,mdlm", *tiny, "train.steps=2", "train.eval_every=2",
+            "train.ckpt_every=2", "train.eval_draws=2", f"hydra.sweep.dir={sweep}", cache=sandbox_cache)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = sorted(d for d in sweep.iterdir() if d.is_dir())
+    assert len(runs) == 2, runs
+    seen = set()
+    for d in runs:
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        seen.add(cfg["objective"]["name"])
+        evals = records(d, "eval")
+        assert evals and evals[-1]["step"] == 2 and math.isfinite(evals[-1]["val_bpb"])
+        assert f"objective={cfg['objective']['name']}" in yaml.safe_load((d / "overrides.yaml").read_text())
+    assert seen == {"ar", "mdlm"}
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+@pytest.mark.parametrize("obj", ["ar", "mdlm"])
+def test_smoke_experiment_runs(obj, sandbox_cache, tmp_path):
+    cfg = compose(["experiment=smoke", "data=text_files", f"data.path={TEXT}", f"objective={obj}",
+                   "train.progress=false", f"cache_dir={sandbox_cache}"])
+    result = run(cfg, tmp_path / "smoke")
+    assert result["step"] == cfg.train.steps
+    assert math.isfinite(result["val_bpb"]) and result["val_bpb"] > 0
+    assert ("val_bpb_stderr" in result) == (obj == "mdlm")
+    assert records(tmp_path / "smoke", "train")[-1]["step"] == cfg.train.steps
