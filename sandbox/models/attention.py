@@ -38,37 +38,54 @@ def resolve_impl(impl: str, dtype) -> str:
     return "cudnn" if on_gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "chunked"
 
 
+def _softmax(s):
+    """Softmax over the last axis. The max shift is a constant for autodiff (softmax is
+    shift-invariant), which makes a backward pass XLA:CPU runs ~1.5x faster than
+    ``jax.nn.softmax``'s."""
+    e = jnp.exp(s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))
+    return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
 def _dense(q, k, v, mask):
-    """Attention in heads-major layout. q[B, K, G, L, D], k/v[B, K, S, D], mask bool[L, S]."""
-    d = q.shape[-1]
-    s = jnp.einsum("bkgld,bksd->bkgls", q, k, preferred_element_type=jnp.float32)
-    s = s * (1.0 / math.sqrt(d))
+    """Heads-major attention. q[B, K, M, D] (M = G query heads x L queries folded together),
+    k/v[B, K, S, D], mask bool[M, S] or None -> [B, K, M, D]. 4-D batched matmuls only."""
+    q = q * (1.0 / math.sqrt(q.shape[-1]))  # scale the [M, D] queries, not the [M, S] scores
+    s = jnp.einsum("bkmd,bksd->bkms", q, k, preferred_element_type=jnp.float32)
     if mask is not None:
         s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
-    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgls,bksd->bkgld", p, v)
+    return jnp.einsum("bkms,bksd->bkmd", _softmax(s).astype(v.dtype), v)
 
 
 def _chunked(q, k, v, mask_kind: str, chunk: int):
     """q[B, L, H, D], k/v[B, S, K, D] -> [B, L, H, D].
 
     Heads-major layout inside (one transpose in, one out): on XLA:CPU the batched matmuls
-    over [B, H] are much faster than dot_generals over the [B, L, H, D] layout."""
+    over [B, K] are much faster than dot_generals over the [B, L, H, D] layout. The G query
+    heads that share a key/value head are stacked along the query axis, so grouped-query
+    attention is the same 4-D matmul as multi-head attention."""
     b, l, h, d = q.shape
     s, kh = k.shape[1], k.shape[2]
-    qt = q.reshape(b, l, kh, h // kh, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, L, D]
-    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)     # [B, K, S, D]
+    g = h // kh
+    qt = q.reshape(b, l, kh, g, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, L, D]
+    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, S, D]
+
+    def block(i, j, kv_end, mask):
+        qi = qt[:, :, :, i:j].reshape(b, kh, g * (j - i), d)
+        if mask is not None:
+            mask = jnp.tile(mask, (g, 1))
+        return _dense(qi, kt[:, :, :kv_end], vt[:, :, :kv_end], mask).reshape(b, kh, g, j - i, d)
+
     if mask_kind == "bidirectional":
         c = max(chunk, 512)  # no FLOPs to skip: chunk only to bound memory on long inputs
-        outs = [_dense(qt[:, :, :, i:i + c], kt, vt, None) for i in range(0, l, c)]
+        outs = [block(i, min(i + c, l), s, None) for i in range(0, l, c)]
     else:
         off = s - l  # queries aligned to the end of the keys (cached prefixes)
         outs = []
         for i in range(0, l, chunk):
             j = min(i + chunk, l)
             kv_end = off + j
-            mask = (jnp.arange(kv_end)[None, :] <= jnp.arange(i, j)[:, None] + off)
-            outs.append(_dense(qt[:, :, :, i:j], kt[:, :, :kv_end], vt[:, :, :kv_end], mask))
+            mask = jnp.arange(kv_end)[None, :] <= jnp.arange(i, j)[:, None] + off
+            outs.append(block(i, j, kv_end, mask))
     o = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
     return o.transpose(0, 3, 1, 2, 4).reshape(b, l, h, d)
 
