@@ -274,7 +274,8 @@ def _loop(cfg, run_dir: Path, s: dict) -> dict:
         log.write({"kind": "meta", "step": 0, "objective": objective.name,
                    "params_non_embedding": s["model"].n_params(), "train_flops_per_token": fpt,
                    "total_steps": steps, "tokens_per_step": tokens_per_step,
-                   "tokens_per_byte_val": tpb_val})
+                   "tokens_per_byte_val": tpb_val, "val_sequences_per_eval": int(t.eval_batches) * int(
+                       t.eval_batch_size), "true_bpb": data.manifest.get("true_bpb")})
     bar = tqdm(total=steps, initial=start, disable=not t.progress, dynamic_ncols=True,
                desc=f"{objective.name}", mininterval=1.0)
     acc, n_acc = 0.0, 0
