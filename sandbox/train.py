@@ -214,7 +214,10 @@ def _setup(cfg, run_dir: Path) -> dict:
     for f in ("eval_every", "ckpt_every", "log_every", "eval_draws", "eval_batches", "eval_batch_size"):
         require_int(t, f, f"train.{f}", minimum=1)
     data, tokenizer = build_data(cfg)
-    check_seq_len(data.splits["train"], seq_len, "train")
+    split = str(t.get("train_split", "train"))
+    if split not in data.splits:
+        raise UserError(f"train.train_split={split!r}: choose one of {', '.join(data.splits)}")
+    check_seq_len(data.splits[split], seq_len, split)
     check_seq_len(data.splits["val"], seq_len, "val")
     model = build_model(cfg, tokenizer, seed)
     if seq_len > model.max_len:
@@ -259,6 +262,7 @@ def _loop(cfg, run_dir: Path, s: dict) -> dict:
     base_key = jax.random.PRNGKey(s["seed"])
     eval_key = jax.random.fold_in(jax.random.PRNGKey(s["seed"]), 10**9)  # same masks every eval
     tpb_val = data.tokens_per_byte("val")
+    train_split = str(t.get("train_split", "train"))
     tokens_per_step = bs * sl
 
     def do_eval(step):
@@ -283,7 +287,7 @@ def _loop(cfg, run_dir: Path, s: dict) -> dict:
     stopped = None
     with _Stop() as stop:
         for step in range(start + 1, steps + 1):
-            batch = get_batch(data.splits["train"], seed=s["seed"], step=step, batch_size=bs, seq_len=sl,
+            batch = get_batch(data.splits[train_split], seed=s["seed"], step=step, batch_size=bs, seq_len=sl,
                               process_index=jax.process_index(), process_count=jax.process_count())
             t0 = time.perf_counter()
             state, m = train_step(state, jnp.asarray(batch), jax.random.fold_in(base_key, step))

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sandbox.errors import UserError
-from sandbox.models.attention import attend, resolve_impl
+from sandbox.models.attention import attend, attend_cached, resolve_impl
 
 
 def _param(rngs: nnx.Rngs, shape, axes, std: float) -> nnx.Param:
@@ -95,6 +95,14 @@ class Attention(nnx.Module):
         q, k, v = self.qkv(x, tables)
         return self.out(attend(q, k, v, mask_kind, self.impl, self.chunk))
 
+    def decode(self, x, tables, cache, pos):
+        """Causal step with a static KV cache. x[B, T, D] at positions pos..pos+T-1;
+        cache = (k, v) each [B, S, K, Dh]. Returns ([B, T, D], new cache)."""
+        q, k, v = self.qkv(x, tables)
+        ck = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, pos, 0, 0))
+        cv = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, pos, 0, 0))
+        return self.out(attend_cached(q, ck, cv, pos)), (ck, cv)
+
 
 class SwiGLU(nnx.Module):
     """SwiGLU MLP (Shazeer 2020).  x[B, L, D] -> [B, L, D]."""
@@ -126,6 +134,11 @@ class Block(nnx.Module):
     def __call__(self, x, tables, mask_kind):
         x = x + self.attn(self.norm1(x), tables, mask_kind)
         return x + self.mlp(self.norm2(x))
+
+    def decode(self, x, tables, cache, pos):
+        a, cache = self.attn.decode(self.norm1(x), tables, cache, pos)
+        x = x + a
+        return x + self.mlp(self.norm2(x)), cache
 
 
 class Transformer(nnx.Module):
@@ -203,6 +216,25 @@ class Transformer(nnx.Module):
         is not time-conditioned (MDLM shows it is unnecessary for absorbing diffusion)."""
         del t
         return self.logits(self.hidden(tokens, mask_kind=mask_kind, positions=positions))
+
+    # -- autoregressive decoding with a preallocated static KV cache --------------------------
+    def init_cache(self, batch: int, max_len: int):
+        """Zeroed KV cache: per layer (k, v), each [B, max_len, K, Dh] in the compute dtype."""
+        shape = (batch, max_len, self.cfg["n_kv_heads"], self.cfg["head_dim"])
+        return [(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)) for _ in self.blocks]
+
+    def decode(self, tokens, cache, pos):
+        """Causal forward of tokens[B, T] at positions pos..pos+T-1 against the cache.
+        Returns (logits[B, T, V], cache). T = prompt length for prefill, 1 per step after."""
+        b, t = tokens.shape
+        positions = jnp.broadcast_to(pos + jnp.arange(t), (b, t))
+        tables = rope_tables(positions, self.cfg["head_dim"], self.cfg["rope_base"])
+        x = self.embed[...][tokens].astype(self.dtype)
+        new = []
+        for blk, c in zip(self.blocks, cache):
+            x, c = blk.decode(x, tables, c, pos)
+            new.append(c)
+        return self.logits(self.norm(x)), new
 
     def n_params(self, non_embedding: bool = True) -> int:
         state = nnx.state(self, nnx.Param)

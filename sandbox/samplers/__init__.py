@@ -1,0 +1,8 @@
+"""Samplers: each a frozen dataclass selected by ``sampler=<name>`` (conf/sampler/)."""
+
+from sandbox.samplers.ar import ARSampler
+from sandbox.samplers.base import Sampler, compile_sampler
+from sandbox.samplers.mdm import Ancestral, FirstHitting, Threshold, TopKConfidence
+
+__all__ = ["ARSampler", "Ancestral", "FirstHitting", "Sampler", "Threshold", "TopKConfidence",
+           "compile_sampler"]

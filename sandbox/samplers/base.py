@@ -1,0 +1,66 @@
+"""What every sampler provides, and how it is compiled.
+
+A sampler is a frozen dataclass of settings. ``generate(model, key, prompt, length)`` is a
+pure, traceable function: ``prompt[B, P]`` (``P`` may be 0) -> ``(tokens[B, length], nfe)``
+where ``tokens[:, :P] == prompt`` and ``nfe`` is the number of backbone forward passes it
+made (an int32 scalar). Loops are ``lax.scan`` / ``lax.while_loop``: one compiled function
+per (sampler, batch, prompt length, length), never a Python loop per step.
+
+``family`` says which objectives' checkpoints it can read (``ar`` or ``mdm``); ``bind``
+copies in the tokenizer's special ids; ``check`` raises a one-line UserError for settings
+that cannot work (steps out of range, a prompt longer than the output ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+from flax import nnx
+
+from sandbox.errors import UserError
+from sandbox.samplers.categorical import check_precision
+
+# Which sampler families can read a checkpoint trained with each objective.
+OBJECTIVE_FAMILY = {"ar": "ar", "mdlm": "mdm"}
+
+
+class Sampler:
+    name: str = "sampler"
+    family: str = "ar"
+    precision: str = "exact"
+
+    def bind(self, tokenizer) -> Sampler:
+        return self
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)
+
+    def check(self, *, objective: str, length: int, prompt_len: int) -> None:
+        check_precision(self.precision)
+        fam = OBJECTIVE_FAMILY.get(objective)
+        if fam != self.family:
+            want = ", ".join(k for k, v in OBJECTIVE_FAMILY.items() if v == self.family)
+            raise UserError(f"sampler={self.name} reads {want} checkpoints but this run was trained with "
+                            f"objective={objective}; pick a sampler for that objective")
+        if length < 1:
+            raise UserError(f"sampler length={length} must be at least 1")
+        if prompt_len >= length:
+            raise UserError(f"prompt of {prompt_len} tokens is not shorter than the output length "
+                            f"{length}; raise length or shorten the prompt")
+
+    def settings(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if not f.name.startswith("_")}
+
+    def generate(self, model, key, prompt, length: int):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def compile_sampler(sampler: Sampler, graphdef, length: int):
+    """jit(params, key, prompt[B, P]) -> (tokens[B, length], nfe) for this sampler."""
+
+    def fn(params, key, prompt):
+        return sampler.generate(nnx.merge(graphdef, params), key, prompt, length)
+
+    return jax.jit(fn)

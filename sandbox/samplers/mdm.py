@@ -1,0 +1,239 @@
+"""Masked-diffusion samplers for checkpoints trained with ``objective=mdlm``.
+
+Every sampler fills a canvas ``[prompt ; MASK * (length - P)]``: prompt tokens are never
+touched and the output contains no mask token. The generated region can be split into
+semi-autoregressive blocks (``block_size``; 0 = one block) filled left to right; the total
+``steps`` are shared equally between blocks. The model reads the whole canvas with a
+bidirectional mask; the SUBS parameterisation means the mask token is never predicted and
+revealed tokens are never changed again.
+
+Tokens are always drawn *two-stage*: decide which positions to reveal, then draw their
+tokens from the unscaled model distribution with the exact categorical
+(``categorical.sample``), never the scaled single float32 categorical.
+
+- ``mdm_ancestral``: the reverse process of MDLM (Sahoo et al. 2024, eq. 7 with SUBS): from
+  time t to s each masked position is revealed with probability
+  ``(alpha_s - alpha_t) / (1 - alpha_t) = (t - s) / t`` (linear alpha; the ``grid`` sets
+  the times). When a step reveals nothing in the whole batch the canvas is unchanged, so
+  the next step reuses the logits instead of calling the model (the MDLM "caching"
+  trick); NFE counts only real calls.
+- ``mdm_first_hitting``: the first-hitting sampler (Zheng et al. 2024, Alg. 1): the next
+  reveal time is drawn exactly and one uniformly chosen masked position is revealed per
+  call. The backbone is not time-conditioned, so the drawn time does not change the
+  model's output and is not computed; NFE = number of generated tokens.
+- ``mdm_topk_confidence``: LLaDA low-confidence remasking (Nie et al. 2025, Alg. 4/5): draw
+  a token at every masked position, keep the k with the highest model probability, leave
+  the rest masked; k per step follows the grid so that ``steps`` steps fill the block.
+- ``mdm_threshold``: confidence-threshold parallel decoding (Fast-dLLM, Wu et al. 2025):
+  reveal every masked position whose drawn token has probability >= tau, and at least the
+  most confident one per step; runs until the block is full (``steps`` is not used).
+
+Time grids: ``uniform`` t_i = 1 - i/n, ``cosine`` t_i = cos(pi/2 * i/n) (few tokens first,
+more later, as in MaskGIT).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from sandbox.errors import UserError
+from sandbox.samplers.base import Sampler
+from sandbox.samplers.categorical import sample
+
+GRIDS = ("uniform", "cosine")
+
+
+def time_grid(n: int, kind: str):
+    """Times [n + 1] from 1 down to 0."""
+    i = jnp.arange(n + 1, dtype=jnp.float32) / n
+    return 1.0 - i if kind == "uniform" else jnp.cos(0.5 * math.pi * i)
+
+
+@dataclass(frozen=True)
+class MaskedDiffusionSampler(Sampler):
+    steps: int = 64          # total denoising steps, shared by the blocks
+    grid: str = "uniform"
+    block_size: int = 0      # semi-autoregressive blocks over the generated region (0: one)
+    temperature: float = 1.0
+    precision: str = "exact"
+    mask_id: int = -1
+    name: str = "mdm"
+    family: str = "mdm"
+    uses_steps = True
+
+    def bind(self, tokenizer):
+        return self.replace(mask_id=int(tokenizer.mask_id))
+
+    def check(self, *, objective: str, length: int, prompt_len: int) -> None:
+        super().check(objective=objective, length=length, prompt_len=prompt_len)
+        gen = length - prompt_len
+        if self.grid not in GRIDS:
+            raise UserError(f"sampler.grid: unknown value '{self.grid}' (choose uniform or cosine)")
+        if self.block_size < 0 or self.block_size > gen:
+            raise UserError(f"sampler.block_size={self.block_size} must be in [0, {gen}] "
+                            "(0: one block over the generated tokens)")
+        if self.uses_steps and not 1 <= self.steps <= gen:
+            raise UserError(f"sampler.steps={self.steps} must be between 1 and the number of "
+                            f"generated tokens ({gen})")
+        if self.uses_steps and self.steps < self.n_blocks(gen):
+            raise UserError(f"sampler.steps={self.steps} is fewer than the {self.n_blocks(gen)} blocks "
+                            f"of sampler.block_size={self.block_size}; raise steps or block_size")
+        if not self.temperature > 0:
+            raise UserError(f"sampler.temperature={self.temperature} must be positive")
+
+    def n_blocks(self, gen: int) -> int:
+        return -(-gen // (self.block_size or gen))
+
+    # -- shared pieces --------------------------------------------------------------------------
+    def predict(self, model, z):
+        """Logits [B, L, V] for canvas z, mask token suppressed (SUBS), temperature applied."""
+        logits = model(z, mask_kind="bidirectional")
+        logits = logits.at[..., self.mask_id].set(-jnp.inf)
+        return logits / jnp.float32(self.temperature)
+
+    def draw(self, key, logits):
+        """Exact token draw at every position and its model probability (confidence)."""
+        x = sample(key, logits, self.precision)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        conf = jnp.exp(jnp.take_along_axis(logp, x[..., None], axis=-1)[..., 0])
+        return x, conf
+
+    def generate(self, model, key, prompt, length: int):
+        b, p = prompt.shape
+        gen = length - p
+        bs = self.block_size or gen
+        n_blocks = self.n_blocks(gen)
+        per_block = max(1, self.steps // n_blocks)
+        z = jnp.concatenate([prompt.astype(jnp.int32), jnp.full((b, gen), self.mask_id, jnp.int32)], 1)
+        pos = jnp.arange(length)
+
+        def block(i, carry):
+            z, nfe = carry
+            start = p + i * bs
+            eligible = (pos >= start) & (pos < jnp.minimum(start + bs, length))
+            z, n = self.fill_block(model, jax.random.fold_in(key, i), z, eligible, per_block)
+            return z, nfe + n
+
+        return jax.lax.fori_loop(0, n_blocks, block, (z, jnp.int32(0)))
+
+    def fill_block(self, model, key, z, eligible, n_steps):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Ancestral(MaskedDiffusionSampler):
+    name: str = "mdm_ancestral"
+
+    def fill_block(self, model, key, z, eligible, n_steps):
+        ts = time_grid(n_steps, self.grid)
+        b, l = z.shape
+        logits0 = jnp.zeros((b, l, model.vocab_size), jnp.float32)
+
+        def step(carry, xs):
+            z, logits, dirty, nfe = carry
+            t, s, k = xs
+            logits, nfe = jax.lax.cond(dirty, lambda: (self.predict(model, z), nfe + 1),
+                                       lambda: (logits, nfe))
+            k1, k2 = jax.random.split(k)
+            masked = (z == self.mask_id) & eligible
+            p_reveal = jnp.where(s <= 0, 1.0, (t - s) / t)
+            reveal = masked & (jax.random.uniform(k1, z.shape) < p_reveal)
+            x = sample(k2, logits, self.precision)
+            return (jnp.where(reveal, x, z), logits, jnp.any(reveal), nfe), None
+
+        keys = jax.random.split(key, n_steps)
+        (z, _, _, nfe), _ = jax.lax.scan(step, (z, logits0, jnp.bool_(True), jnp.int32(0)),
+                                         (ts[:-1], ts[1:], keys))
+        return z, nfe
+
+
+@dataclass(frozen=True)
+class FirstHitting(MaskedDiffusionSampler):
+    name: str = "mdm_first_hitting"
+    uses_steps = False
+
+    def fill_block(self, model, key, z, eligible, n_steps):
+        del n_steps  # one token per call, as many calls as the block has positions
+        b, l = z.shape
+        bs = self.block_size or l
+
+        def step(carry, k):
+            z, nfe = carry
+            cand = (z == self.mask_id) & eligible
+            todo = jnp.any(cand)
+
+            def reveal_one():
+                k1, k2 = jax.random.split(k)
+                x = sample(k2, self.predict(model, z), self.precision)
+                pick = jnp.argmax(jnp.where(cand, jax.random.uniform(k1, z.shape), -1.0), axis=-1)
+                one = (jnp.arange(l)[None, :] == pick[:, None]) & cand
+                return jnp.where(one, x, z), nfe + 1
+
+            return jax.lax.cond(todo, reveal_one, lambda: (z, nfe)), None
+
+        (z, nfe), _ = jax.lax.scan(step, (z, jnp.int32(0)), jax.random.split(key, min(bs, l)))
+        return z, nfe
+
+
+def _rank(score):
+    """Rank of each entry in descending order along the last axis (0 = largest)."""
+    return jnp.argsort(jnp.argsort(-score, axis=-1), axis=-1)
+
+
+@dataclass(frozen=True)
+class TopKConfidence(MaskedDiffusionSampler):
+    name: str = "mdm_topk_confidence"
+
+    def fill_block(self, model, key, z, eligible, n_steps):
+        n_gen = jnp.sum(eligible)
+        ts = time_grid(n_steps, self.grid)
+        done_by = jnp.round(n_gen * (1.0 - ts)).astype(jnp.int32).at[-1].set(n_gen)   # [n + 1]
+
+        def step(carry, xs):
+            z, nfe = carry
+            k_i, k = xs
+
+            def reveal():
+                x, conf = self.draw(k, self.predict(model, z))
+                cand = (z == self.mask_id) & eligible
+                take = cand & (_rank(jnp.where(cand, conf, -1.0)) < k_i)
+                return jnp.where(take, x, z), nfe + 1
+
+            return jax.lax.cond(k_i > 0, reveal, lambda: (z, nfe)), None
+
+        (z, nfe), _ = jax.lax.scan(step, (z, jnp.int32(0)),
+                                   (done_by[1:] - done_by[:-1], jax.random.split(key, n_steps)))
+        return z, nfe
+
+
+@dataclass(frozen=True)
+class Threshold(MaskedDiffusionSampler):
+    tau: float = 0.9
+    name: str = "mdm_threshold"
+    uses_steps = False
+
+    def check(self, **kw):
+        super().check(**kw)
+        if not 0 < self.tau <= 1:
+            raise UserError(f"sampler.tau={self.tau} must be in (0, 1]")
+
+    def fill_block(self, model, key, z, eligible, n_steps):
+        del n_steps
+
+        def cond(c):
+            return jnp.any((c[0] == self.mask_id) & eligible)
+
+        def body(c):
+            z, nfe = c
+            x, conf = self.draw(jax.random.fold_in(key, nfe), self.predict(model, z))
+            cand = (z == self.mask_id) & eligible
+            score = jnp.where(cand, conf, -1.0)
+            best = jnp.argmax(score, axis=-1)
+            take = cand & ((score >= self.tau) | (jnp.arange(z.shape[1])[None, :] == best[:, None]))
+            return jnp.where(take, x, z), nfe + 1
+
+        return jax.lax.while_loop(cond, body, (z, jnp.int32(0)))
