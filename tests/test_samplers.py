@@ -1,0 +1,271 @@
+"""Samplers: exact categorical sampling, prompt/NFE contracts, KV cache, bad settings."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import sandbox.samplers.ar as ar_mod
+import sandbox.samplers.mdm as mdm_mod
+from sandbox.errors import UserError
+from sandbox.models.transformer import Transformer
+from sandbox.samplers import (Ancestral, ARSampler, FirstHitting, Threshold, TopKConfidence,
+                              compile_sampler)
+from sandbox.samplers.categorical import filter_logits, sample
+
+
+class Tok:
+    vocab_size, bos_id, mask_id, eos_id, pad_id = 12, 11, 10, 9, 8
+
+
+# --- exact categorical sampling ---------------------------------------------------------------
+# A long-tailed distribution: one head token and four bands of 1024 tail tokens whose log
+# probabilities sit 12-17.5 nats below the head. float32 Gumbel noise stops at g ~ 15.9, so
+# the far bands are (nearly) never drawn by the truncating form; the exact form must draw
+# every band at its true rate.
+BAND = 1024
+GAPS = (12.0, 14.0, 16.5, 17.5)
+N_SAMPLES = 100_000
+CHI2_CRIT_P001 = {3: 16.27, 4: 18.47}
+
+
+def _tail_logits():
+    logits = np.zeros(1 + BAND * len(GAPS), np.float32)
+    for i, g in enumerate(GAPS):
+        logits[1 + i * BAND: 1 + (i + 1) * BAND] = -g
+    p = np.exp(logits.astype(np.float64))
+    p /= p.sum()
+    probs = [p[0]] + [p[1 + i * BAND: 1 + (i + 1) * BAND].sum() for i in range(len(GAPS))]
+    return jnp.asarray(logits), np.array(probs)
+
+
+def _band_counts(precision: str, seed: int = 0):
+    logits, probs = _tail_logits()
+    draw = jax.jit(lambda k: sample(k, jnp.broadcast_to(logits, (5000, logits.shape[0])), precision))
+    out = np.concatenate([np.asarray(draw(jax.random.PRNGKey(seed * 1000 + i)))
+                          for i in range(N_SAMPLES // 5000)])
+    band = np.where(out == 0, 0, 1 + (out - 1) // BAND)
+    return np.bincount(band, minlength=len(GAPS) + 1), probs * len(out)
+
+
+def _tail_chi2(obs, exp):
+    """Chi-square over the tail bands (the head is their complement); the two far bands
+    are merged so every expected count is >= 5."""
+    o = np.array([obs[1], obs[2], obs[3] + obs[4]], float)
+    e = np.array([exp[1], exp[2], exp[3] + exp[4]])
+    assert e.min() >= 5
+    return float(((o - e) ** 2 / e).sum()), len(o)
+
+
+@pytest.fixture(scope="module")
+def exact_counts():
+    return _band_counts("exact")
+
+
+def test_exact_sampling_passes_a_chi_square_test_on_the_tail(exact_counts):
+    obs, exp = exact_counts
+    chi2, dof = _tail_chi2(obs, exp)
+    assert chi2 < CHI2_CRIT_P001[dof], (obs, exp.round(1), chi2)
+    assert obs[4] > 0  # the band 17.5 nats down is reached at all
+
+
+def test_the_same_test_fails_for_the_float32_truncating_form(exact_counts):
+    obs, exp = _band_counts("fp32_truncating")
+    chi2, dof = _tail_chi2(obs, exp)
+    assert chi2 > CHI2_CRIT_P001[dof], (obs, exp.round(1), chi2)
+    assert obs[3] + obs[4] < exact_counts[0][3] + exact_counts[0][4]  # the far tail is cut
+
+
+def test_filters_top_k_and_top_p():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    keys = jax.random.split(jax.random.PRNGKey(0), 2000)
+    top1 = jax.vmap(lambda k: sample(k, filter_logits(logits, top_k=1)))(keys)
+    assert set(np.unique(top1)) == {0}
+    nucleus = jax.vmap(lambda k: sample(k, filter_logits(logits, top_p=0.7)))(keys)
+    assert set(np.unique(nucleus)) == {0, 1}  # smallest set with mass >= 0.7
+    frac0 = float(np.mean(nucleus == 0))
+    assert abs(frac0 - 0.5 / 0.8) < 0.05
+
+
+# --- every sampler draws through the shared categorical path ---------------------------------
+SAMPLERS = [ARSampler(), ARSampler(use_cache=False), Ancestral(steps=8), FirstHitting(),
+            TopKConfidence(steps=8), Threshold(tau=0.9)]
+
+
+def _model(vocab=12, **kw):
+    return Transformer(vocab_size=vocab, d_model=32, n_layers=1, n_heads=2, rngs=nnx.Rngs(0), **kw)
+
+
+def _objective_for(s):
+    return "ar" if s.family == "ar" else "mdlm"
+
+
+@pytest.mark.parametrize("precision", ["exact", "fp32_truncating"])
+@pytest.mark.parametrize("s", SAMPLERS, ids=lambda s: f"{s.name}-{getattr(s, 'use_cache', '')}")
+def test_each_sampler_uses_the_shared_categorical_with_its_precision(monkeypatch, s, precision):
+    seen = []
+
+    def spy(key, logits, prec="exact"):
+        seen.append(prec)
+        return sample(key, logits, prec)
+
+    monkeypatch.setattr(ar_mod, "sample", spy)
+    monkeypatch.setattr(mdm_mod, "sample", spy)
+    s = s.replace(precision=precision).bind(Tok)
+    model = _model()
+    # tracing is enough: the spy runs when the sampler's graph is built (no XLA compile)
+    toks, _ = jax.eval_shape(lambda: s.generate(model, jax.random.PRNGKey(0),
+                                                jnp.zeros((2, 3), jnp.int32), 16))
+    assert seen and set(seen) == {precision}
+    assert toks.shape == (2, 16)
+
+
+# --- output contracts ----------------------------------------------------------------------------
+MDM = [Ancestral(steps=13), Ancestral(steps=8, block_size=5, grid="cosine"), FirstHitting(),
+       FirstHitting(block_size=4), TopKConfidence(steps=13), TopKConfidence(steps=6, block_size=5),
+       Threshold(tau=0.8), Threshold(tau=0.95, block_size=7)]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    g, p = nnx.split(_model(), nnx.Param)
+    return g, p
+
+
+@pytest.mark.parametrize("s", MDM, ids=lambda s: f"{s.name}-b{s.block_size}")
+def test_diffusion_samplers_keep_the_prompt_and_leave_no_mask(tiny, s):
+    g, p = tiny
+    s = s.bind(Tok)
+    length, prompt = 16, jnp.array([[1, 2, 3], [4, 5, 6]], jnp.int32)
+    s.check(objective="mdlm", length=length, prompt_len=3)
+    toks, nfe = compile_sampler(s, g, length)(p, jax.random.PRNGKey(1), prompt)
+    toks = np.asarray(toks)
+    assert (toks[:, :3] == np.asarray(prompt)).all()
+    assert not (toks == Tok.mask_id).any()
+    gen, n_blocks = 13, s.n_blocks(13)
+    nfe = int(nfe)
+    if isinstance(s, TopKConfidence):
+        assert nfe == (s.steps // n_blocks) * n_blocks
+    elif isinstance(s, Ancestral):
+        assert 1 <= nfe <= (s.steps // n_blocks) * n_blocks
+    elif isinstance(s, FirstHitting):
+        assert nfe == gen
+    else:
+        assert n_blocks <= nfe <= gen
+
+
+def test_unconditional_generation(tiny):
+    g, p = tiny
+    for s in (ARSampler().bind(Tok), Ancestral(steps=4).bind(Tok)):
+        toks, nfe = compile_sampler(s, g, 10)(p, jax.random.PRNGKey(0), jnp.zeros((3, 0), jnp.int32))
+        assert toks.shape == (3, 10) and int(nfe) > 0
+
+
+def test_threshold_with_tiny_tau_fills_each_block_in_one_call(tiny):
+    g, p = tiny
+    s = Threshold(tau=1e-9, block_size=4).bind(Tok)
+    _, nfe = compile_sampler(s, g, 16)(p, jax.random.PRNGKey(0), jnp.zeros((2, 0), jnp.int32))
+    assert int(nfe) == 4  # 16 tokens, 4 blocks, everything above tau at once
+
+
+def test_ancestral_skips_the_model_when_nothing_changes(tiny):
+    g, p = tiny
+    # 64 steps for 4 tokens: most steps reveal nothing, so most steps reuse the logits.
+    s = Ancestral(steps=4).bind(Tok)
+    _, nfe_few = compile_sampler(s, g, 68)(p, jax.random.PRNGKey(0), jnp.zeros((1, 64), jnp.int32))
+    s = Ancestral(steps=64).bind(Tok)
+    _, nfe = compile_sampler(s, g, 128)(p, jax.random.PRNGKey(0), jnp.zeros((1, 124), jnp.int32))
+    # one call before the first step, then at most one after each step that revealed a token
+    assert int(nfe_few) <= 5 and int(nfe) <= 5
+
+
+class _Table:
+    """Stub backbone whose logits depend only on the position: [L, V] table."""
+
+    def __init__(self, table):
+        self.table = table
+        self.vocab_size = table.shape[-1]
+
+    def __call__(self, tokens, mask_kind="bidirectional", **kw):
+        return jnp.broadcast_to(self.table, tokens.shape + self.table.shape[-1:])
+
+
+@pytest.mark.parametrize("s", [Ancestral(steps=3), FirstHitting(), Ancestral(steps=4, block_size=2)],
+                         ids=["ancestral", "first_hitting", "ancestral-blocks"])
+def test_context_free_model_gives_its_marginals(s):
+    """With logits independent of the canvas, ancestral and first-hitting sampling must
+    draw each position from exactly the model's distribution (the SUBS mask logit aside)."""
+    rng = np.random.default_rng(0)
+    table = np.log(rng.dirichlet(np.ones(Tok.vocab_size - 3), size=4))
+    table = np.concatenate([table, np.full((4, 3), -np.inf)], axis=1).astype(np.float32)
+    table[:, Tok.mask_id] = 5.0  # must be suppressed by the sampler
+    model = _Table(jnp.asarray(table))
+    s = s.bind(Tok)
+    run = jax.jit(lambda k: s.generate(model, k, jnp.zeros((4000, 0), jnp.int32), 4)[0])
+    toks = np.concatenate([np.asarray(run(jax.random.PRNGKey(i))) for i in range(5)])
+    probs = np.exp(table[:, : Tok.vocab_size - 3].astype(np.float64))
+    for pos in range(4):
+        counts = np.bincount(toks[:, pos], minlength=Tok.vocab_size)
+        assert counts[Tok.vocab_size - 3:].sum() == 0
+        exp = probs[pos] / probs[pos].sum() * len(toks)
+        chi2 = float(((counts[: Tok.vocab_size - 3] - exp) ** 2 / exp).sum())
+        assert chi2 < 27.9, (pos, chi2)  # p = 0.001 at 8 degrees of freedom
+
+
+# --- KV cache ------------------------------------------------------------------------------------
+def test_kv_cache_decode_matches_the_full_causal_forward():
+    m = _model(vocab=50, n_kv_heads=1)
+    toks = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 12)), jnp.int32)
+    full = m(toks, mask_kind="causal")
+    cache = m.init_cache(2, 16)
+    outs = []
+    logits, cache = m.decode(toks[:, :5], cache, 0)
+    outs.append(logits)
+    for i in range(5, 12):
+        logits, cache = m.decode(toks[:, i:i + 1], cache, i)
+        outs.append(logits)
+    np.testing.assert_allclose(np.asarray(jnp.concatenate(outs, 1)), np.asarray(full), atol=1e-4)
+    bidir = m(toks, mask_kind="bidirectional")
+    assert float(jnp.abs(bidir - full).max()) > 1e-3  # the comparison can fail
+
+
+def test_ar_sampler_with_and_without_cache_agree(tiny):
+    g, p = tiny
+    prompt = jnp.array([[1, 2], [3, 4]], jnp.int32)
+    a, _ = compile_sampler(ARSampler().bind(Tok), g, 12)(p, jax.random.PRNGKey(3), prompt)
+    b, _ = compile_sampler(ARSampler(use_cache=False).bind(Tok), g, 12)(p, jax.random.PRNGKey(3), prompt)
+    assert np.mean(np.asarray(a) == np.asarray(b)) > 0.95
+    assert (np.asarray(a)[:, :2] == np.asarray(prompt)).all()
+
+
+# --- bad settings: one clear line ----------------------------------------------------------------
+@pytest.mark.parametrize("s,kw,words", [
+    (Ancestral(steps=0), {}, "sampler.steps"),
+    (Ancestral(steps=20), {}, "sampler.steps"),
+    (TopKConfidence(steps=17), {}, "sampler.steps"),
+    (Threshold(tau=0.0), {}, "sampler.tau"),
+    (Threshold(tau=1.5), {}, "sampler.tau"),
+    (Ancestral(steps=4), {"prompt_len": 16}, "prompt"),
+    (ARSampler(), {"prompt_len": 20}, "prompt"),
+    (Ancestral(steps=4), {"objective": "ar"}, "objective=ar"),
+    (ARSampler(), {"objective": "mdlm"}, "objective=mdlm"),
+    (Ancestral(steps=4, grid="log"), {}, "sampler.grid"),
+    (Ancestral(steps=4, precision="fp16"), {}, "sampler.precision"),
+    (Ancestral(steps=2, block_size=2), {}, "sampler.steps"),
+    (ARSampler(top_p=0.0), {}, "sampler.top_p"),
+])
+def test_bad_settings_raise_one_line(s, kw, words):
+    args = {"objective": _objective_for(s), "length": 16, "prompt_len": 0, **kw}
+    with pytest.raises(UserError) as e:
+        s.check(**args)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_threshold_tau_one_is_allowed():
+    Threshold(tau=1.0).check(objective="mdlm", length=16, prompt_len=0)
+    assert math.isclose(Threshold().tau, 0.9)
