@@ -14,8 +14,7 @@ import sandbox.samplers.ar as ar_mod
 import sandbox.samplers.mdm as mdm_mod
 from sandbox.errors import UserError
 from sandbox.models.transformer import Transformer
-from sandbox.samplers import (Ancestral, ARSampler, FirstHitting, Threshold, TopKConfidence,
-                              compile_sampler)
+from sandbox.samplers import Ancestral, ARSampler, FirstHitting, Threshold, TopKConfidence, compile_sampler
 from sandbox.samplers.categorical import filter_logits, sample
 
 
