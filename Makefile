@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := runs/demo
 
-.PHONY: setup demo test test-all lint bench bench-train report clean
+.PHONY: setup demo test test-all lint bench bench-train bench-gen report clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m sandbox.train experiment=demo objective=ar hydra.run.dir=$(DEMO)/ar
 	$(BIN)/python -m sandbox.train experiment=demo objective=mdlm hydra.run.dir=$(DEMO)/mdlm
+	@# samples and speed of the two models (~2 min); skipped once a finished one exists
+	@ls $(DEMO)/bench/gen-*/summary.json >/dev/null 2>&1 || $(BIN)/python -m sandbox.bench gen --demo \
+		--quality --ar-run $(DEMO)/ar --mdm-run $(DEMO)/mdlm --out $(DEMO)/bench
 	$(BIN)/python -m analysis.report 'runs_glob=$(DEMO)/*' out=$(DEMO) 'title=Demo: AR vs MDLM on stdlib_code'
 	@echo "report: $(DEMO)/report.md"
 
@@ -34,7 +37,12 @@ lint: $(STAMP)
 bench-train: $(STAMP)
 	$(BIN)/python -m sandbox.bench train
 
-bench: bench-train
+# generation speed of every sampler (random tiny models unless given runs: make bench-gen
+# GEN_ARGS='--ar-run runs/demo/ar --mdm-run runs/demo/mdlm --quality'); about 8 minutes on 2 cores
+bench-gen: $(STAMP)
+	$(BIN)/python -m sandbox.bench gen $(GEN_ARGS)
+
+bench: bench-train bench-gen
 
 report: $(STAMP)
 	$(BIN)/python -m analysis.report 'runs_glob=runs/**' out=runs/report

@@ -4,12 +4,15 @@ Subcommands:
 - ``train``: training tokens/s, step time and MFU against a matmul peak measured in the
   same run, for models x objectives (x attention kernels), plus the same step written
   with ``nnx.jit`` vs ``jax.jit`` (``sandbox.bench_train``).
+- ``gen``: generation latency, tokens/s, NFE and tokens per forward for every sampler
+  over output length, batch, diffusion steps, threshold tau and semi-AR block size, each
+  model call against a bare forward pass of the same shape (``sandbox.bench_gen``).
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
-``run(args)``; adding one (e.g. ``gen`` for sampling speed) is one entry in
-``SUBCOMMANDS``. Results go to a self-describing folder under ``runs/bench/``
-(``results.jsonl`` plus ``env.json`` / ``git.json``); a bad flag prints one line and exits
-2 before anything is measured or written.
+``run(args)``; adding one is one entry in ``SUBCOMMANDS``. Results go to a
+self-describing folder under ``runs/bench/`` (``results.jsonl`` plus ``env.json`` /
+``git.json``); a bad flag prints one line and exits 2 before anything is measured or
+written.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from sandbox.errors import exit_on_user_error
 # name -> (module with add_arguments / run, one-line help)
 SUBCOMMANDS = {
     "train": ("sandbox.bench_train", "training tokens/s, step time and MFU; NNX vs jax.jit"),
+    "gen": ("sandbox.bench_gen", "generation latency, tokens/s and NFE per sampler; step vs bare forward"),
 }
 
 

@@ -78,7 +78,7 @@ def check_overrides(args: list[str], config_name: str) -> None:
                 if "not in struct" in str(e) or "Could not override" in str(e):
                     key = msg.split("'")[1] if "'" in msg else msg
                     raise UserError(f"{key}: unknown config key (check the spelling; see "
-                                    "conf/config.yaml, or prefix with + to add a new key)") from None
+                                    f"conf/{config_name}.yaml, or prefix with + to add a new key)") from None
                 raise UserError(f"bad overrides: {msg}") from None
     GlobalHydra.instance().clear()
 

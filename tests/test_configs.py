@@ -1,18 +1,21 @@
 """Every config file in conf/ composes, and every ``_target_`` in it instantiates.
 
-Options are discovered by globbing ``conf/<group>/*.yaml``, so a new config is covered
-without editing this file.
+Options are discovered by globbing ``conf/<group>/*.yaml``, and each group is composed
+through the primary config (``conf/*.yaml``: config, sample, evaluate) whose defaults list
+selects it, so a new config or a new command's group is covered without editing this file.
 """
 
 from __future__ import annotations
 
 import hydra
 import pytest
+import yaml
 from conftest import CONF, TEXT, compose
 from flax import nnx
 from omegaconf import OmegaConf
 
 from sandbox.data import ByteTokenizer
+from sandbox.samplers.base import OBJECTIVE_FAMILY
 
 TARGET_GROUPS = ("data", "tokenizer", "model", "objective")
 # groups whose options are not selected with group=option from the main config
@@ -32,10 +35,34 @@ def _options() -> list[tuple[str, str]]:
 OPTIONS = _options()
 
 
+def _primaries() -> dict[str, str]:
+    """group -> the first primary config (``config`` first) whose defaults list selects it."""
+    names = sorted((p.stem for p in CONF.glob("*.yaml")), key=lambda n: (n != "config", n))
+    out = {}
+    for name in names:
+        for entry in yaml.safe_load((CONF / f"{name}.yaml").read_text()).get("defaults", []):
+            if isinstance(entry, dict):
+                for key in entry:
+                    if not key.startswith("override "):
+                        out.setdefault(key.split("@")[0], name)
+    return out
+
+
+PRIMARY = _primaries()
+
+
 def test_the_glob_finds_every_group():
     groups = {g for g, _ in OPTIONS}
-    assert {"data", "tokenizer", "model", "objective", "optim", "experiment"} <= groups
+    assert {"data", "tokenizer", "model", "objective", "optim", "experiment", "sampler", "eval"} <= groups
     assert ("data", "text_files") in OPTIONS and ("experiment", "smoke") in OPTIONS
+    assert PRIMARY["sampler"] in ("sample", "evaluate") and PRIMARY["eval"] == "evaluate"
+    assert {g for g in groups if g not in NOT_SELECTABLE} <= set(PRIMARY), "a group no config selects"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONF.glob("*.yaml")))
+def test_every_primary_config_composes_with_its_defaults(name):
+    cfg = compose(config_name=name)
+    OmegaConf.to_container(cfg, resolve=True)
 
 
 def test_main_config_composes_with_defaults():
@@ -59,10 +86,14 @@ def test_config_composes_and_instantiates(group, option):
     overrides = [f"{group}={option}"]
     if (group, option) == ("data", "text_files"):
         overrides.append(f"data.path={TEXT}")
-    cfg = compose(overrides)
+    primary = PRIMARY[group]
+    cfg = compose(overrides, config_name=primary)
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    if primary != "config":
+        _check_command_group(cfg, group, option)
+        return
     if cfg.data.get("path", None) == "???":  # an experiment that selects text_files
         cfg = compose([*overrides, f"data.path={TEXT}"])
-    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     # the group's own node, or for a global experiment every node with a target
     if group in TARGET_GROUPS:
         assert "_target_" in cfg[group], f"conf/{group}/{option}.yaml composes to a node without _target_"
@@ -86,3 +117,17 @@ def test_config_composes_and_instantiates(group, option):
 
         tx, sched = make_optimizer(cfg.optim, 100)
         assert float(sched(0)) == 0.0 and float(sched(50)) > 0.0
+
+
+def _check_command_group(cfg, group, option):
+    """Groups of the sample / evaluate commands: samplers and evaluations."""
+    node = cfg[group]
+    assert "_target_" in node, f"conf/{group}/{option}.yaml composes to a node without _target_"
+    if group == "sampler":
+        sampler = hydra.utils.instantiate(node).bind(ByteTokenizer())
+        assert sampler.name == option and getattr(sampler, "mask_id", 0) != -1
+        assert getattr(sampler, "bos_id", 0) != -1
+        objective = next(o for o, fam in OBJECTIVE_FAMILY.items() if fam == sampler.family)
+        sampler.check(objective=objective, length=128, prompt_len=8)
+    elif group == "eval":
+        assert callable(hydra.utils.instantiate(node, _partial_=True))

@@ -8,7 +8,9 @@ reference for the speed benchmark: every step reruns the full causal forward ove
 whole static buffer.
 
 Temperature, top-k and top-p act on the logits before the exact categorical draw
-(``categorical.sample``). NFE = number of generated tokens (prefill included).
+(``categorical.sample``). BOS, PAD and MASK never occur as targets in the training data, so
+their logits are suppressed (an undertrained model would otherwise emit them); EOS stays.
+NFE = number of generated tokens (prefill included).
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ class ARSampler(Sampler):
     use_cache: bool = True
     precision: str = "exact"
     bos_id: int = -1
+    banned_ids: tuple = ()
     name: str = "ar"
     family: str = "ar"
 
     def bind(self, tokenizer):
-        return self.replace(bos_id=int(tokenizer.bos_id))
+        banned = tuple(int(getattr(tokenizer, f)) for f in ("bos_id", "pad_id", "mask_id")
+                       if getattr(tokenizer, f, None) is not None)
+        return self.replace(bos_id=int(tokenizer.bos_id), banned_ids=banned)
 
     def check(self, **kw):
         super().check(**kw)
@@ -47,6 +52,8 @@ class ARSampler(Sampler):
             raise UserError(f"sampler.top_k={self.top_k} must be >= 0 (0: off)")
 
     def _draw(self, key, logits):
+        if self.banned_ids:
+            logits = logits.at[..., jnp.array(self.banned_ids)].set(-jnp.inf)
         return sample(key, filter_logits(logits, self.temperature, self.top_k, self.top_p),
                       self.precision)
 

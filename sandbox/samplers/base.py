@@ -50,8 +50,13 @@ class Sampler:
                             f"{length}; raise length or shorten the prompt")
 
     def settings(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if not f.name.startswith("_")}
+        """JSON-ready settings (tuples as lists)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if not f.name.startswith("_"):
+                v = getattr(self, f.name)
+                out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
 
     def generate(self, model, key, prompt, length: int):  # pragma: no cover - interface
         raise NotImplementedError

@@ -61,12 +61,15 @@ class MaskedDiffusionSampler(Sampler):
     temperature: float = 1.0
     precision: str = "exact"
     mask_id: int = -1
+    banned_ids: tuple = ()   # BOS / PAD: never in the training data, never drawn
     name: str = "mdm"
     family: str = "mdm"
     uses_steps = True
 
     def bind(self, tokenizer):
-        return self.replace(mask_id=int(tokenizer.mask_id))
+        banned = tuple(int(getattr(tokenizer, f)) for f in ("bos_id", "pad_id")
+                       if getattr(tokenizer, f, None) is not None)
+        return self.replace(mask_id=int(tokenizer.mask_id), banned_ids=banned)
 
     def check(self, *, objective: str, length: int, prompt_len: int) -> None:
         super().check(objective=objective, length=length, prompt_len=prompt_len)
@@ -92,7 +95,7 @@ class MaskedDiffusionSampler(Sampler):
     def predict(self, model, z):
         """Logits [B, L, V] for canvas z, mask token suppressed (SUBS), temperature applied."""
         logits = model(z, mask_kind="bidirectional")
-        logits = logits.at[..., self.mask_id].set(-jnp.inf)
+        logits = logits.at[..., jnp.array((self.mask_id, *self.banned_ids))].set(-jnp.inf)
         return logits / jnp.float32(self.temperature)
 
     def draw(self, key, logits):

@@ -1,0 +1,122 @@
+"""The generation benchmark on very small random models: every row complete and sane, the
+results folder written and readable by analysis.load, the summary figures computed, and
+one-line errors (exit 2, nothing written) for bad flags."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from analysis.load import find_bench_gen, load_bench_gen
+from sandbox import bench, bench_gen
+
+SMALL = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=2"]
+OVR = [a for o in SMALL for a in ("-o", o)]
+FIELDS = ("sampler", "label", "settings", "batch", "length", "prompt_len", "generated", "nfe", "latency_s",
+          "latency_per_seq_s", "latency_per_token_s", "tokens_per_s", "tokens_per_forward", "forward_s",
+          "step_over_forward", "compile_s", "timed_calls", "forward_shape", "sweeps")
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_gen")
+    r = bench.main(["gen", "--samplers", "ar,ar_nocache,mdm_threshold,mdm_ancestral", "--lengths", "8,16",
+                    "--length", "16", "--batches", "1,2", "--taus", "0.9", "--steps-div", "2", "--blocks", "",
+                    "--nocache-tokens", "4", "--repeats", "2", "--max-seconds", "0", "--fwd-repeats", "1",
+                    "--quality", "--quality-samples", "3", "--out", str(out), *OVR])
+    return r, out
+
+
+def test_rows_complete_and_sane(result, capsys):
+    r, _ = result
+    rows = r["rows"]
+    labels = {x["label"] for x in rows}
+    assert labels == {"ar", "ar_nocache", "mdm_threshold", "mdm_ancestral"}
+    for row in rows:
+        for k in FIELDS:
+            assert k in row, k
+        for k in ("nfe", "latency_s", "tokens_per_s", "forward_s", "step_over_forward", "compile_s"):
+            assert isinstance(row[k], (int, float)) and math.isfinite(row[k]) and row[k] > 0, (k, row)
+        gen = row["length"] - row["prompt_len"]
+        assert row["generated"] == gen
+        assert row["tokens_per_forward"] == pytest.approx(gen / row["nfe"])
+        assert row["tokens_per_s"] == pytest.approx(row["batch"] * gen / row["latency_s"])
+        assert row["latency_per_seq_s"] == pytest.approx(row["latency_s"] / row["batch"])
+        assert row["step_over_forward"] == pytest.approx(row["time_per_nfe_s"] / row["forward_s"])
+        assert row["timed_calls"] == 1  # --max-seconds 0: one timed call after the warm-up
+        if row["label"].startswith("ar"):
+            assert row["nfe"] == gen and row["forward_shape"] == [row["batch"], row["length"] + 1]
+        else:
+            assert 1 <= row["nfe"] <= gen and row["forward_shape"] == [row["batch"], row["length"]]
+        if row["sampler"] == "mdm_ancestral":
+            assert row["nfe"] <= row["settings"]["steps"]
+        assert row["quality"]["n_samples"] == 3 and row["quality"]["unigram_entropy"] > 0
+    nocache = [x for x in rows if x["label"] == "ar_nocache"]
+    assert {(x["length"], x["prompt_len"]) for x in nocache} == {(8, 4), (16, 12)}
+    # a point in two sweeps is timed once
+    assert any(set(x["sweeps"]) == {"length", "batch"} for x in rows if x["label"] == "ar")
+
+
+def test_summary_and_files(result):
+    r, out = result
+    s = r["summary"]
+    assert set(s["a"]) >= {"mdm_threshold", "mdm_ancestral", "ar_nocache"}
+    assert s["b"]["ar"]["length_lo"] == 8 and s["b"]["ar"]["length_hi"] == 16 and s["b"]["ar"]["growth"] > 0
+    assert set(s["c"]) == {"1", "2"} and s["c"]["1"]["ar"] and s["c"]["1"]["threshold"][0]["speedup_vs_ar"] > 0
+    paths = find_bench_gen(str(out / "*"))
+    assert len(paths) == 1 and paths[0].parent == bench_gen.Path(r["dir"])
+    d = paths[0].parent
+    assert (d / "env.json").exists() and (d / "git.json").exists() and (d / "summary.json").exists()
+    recs = [json.loads(x) for x in (d / "results.jsonl").read_text().splitlines()]
+    assert recs[0]["kind"] == "meta" and recs[0]["bench"] == "gen" and recs[0]["random_weights"] == ["ar", "mdm"]
+    assert sum(x["kind"] == "gen" for x in recs) == len(r["rows"])
+    qrows = [x for x in recs if x["kind"] == "gen_quality"]
+    assert qrows and all(x["examples"] for x in qrows)
+    loaded = load_bench_gen(paths[0])
+    assert loaded["complete"] and all(x["quality"] for x in loaded["rows"])
+
+
+def test_printed_table_and_summary(tmp_path, capsys):
+    bench.main(["gen", "--samplers", "ar,mdm_threshold", "--lengths", "8", "--length", "8", "--batches", "1",
+                "--taus", "0.5", "--blocks", "", "--repeats", "1", "--fwd-repeats", "1", "--out", str(tmp_path),
+                *OVR])
+    printed = capsys.readouterr().out
+    for text in ("step/fwd", "tok/fwd", "Summary", "(a)", "(b)", "(c)", "weights are random"):
+        assert text in printed, text
+
+
+def test_summarize_growth_and_target():
+    def row(label, length, per_token, ratio=1.0, family="ar"):
+        return {"label": label, "sampler": "ar" if family == "ar" else label, "family": family, "batch": 1,
+                "length": length, "prompt_len": 0, "sweeps": ["length"], "latency_per_token_s": per_token,
+                "step_over_forward": ratio}
+
+    rows = [row("ar", 64, 1e-3), row("ar", 512, 1.5e-3), row("ar_nocache", 64, 5e-3), row("ar_nocache", 512, 4e-2),
+            row("mdm_ancestral", 64, 1, 1.05, "mdm"), row("mdm_ancestral", 512, 1, 1.30, "mdm")]
+    s = bench_gen.summarize(rows)
+    assert s["b"]["ar"]["growth"] == pytest.approx(1.5) and s["b"]["ar_nocache"]["growth"] == pytest.approx(8.0)
+    assert s["a"]["mdm_ancestral"]["within"] == 1 and s["a"]["mdm_ancestral"]["max"] == pytest.approx(1.3)
+    text = bench_gen.format_summary(s, rows, [], {}, [])
+    assert "target met" in text and "NOT met at 1 of 2" in text
+
+
+@pytest.mark.parametrize("flags, first_words", [
+    (["--lengths", "abc"], "error: --lengths: 'abc'"),
+    (["--taus", "1.5"], "error: --taus/--tau: 1.5"),
+    (["--samplers", "nope"], "error: --samplers: unknown 'nope'"),
+    (["--batches", "0"], "error: --batches: 0"),
+    (["--prompt-len", "200"], "error: --prompt-len 200"),
+    (["--lengths", "4096"], "error: --lengths/--length: a"),
+    (["--quick", "--demo"], "error: argument --demo"),
+    (["--ar-run", "/nonexistent/run"], "error: --ar-run /nonexistent/run"),
+    (["--repeats", "x"], "error: argument --repeats"),
+])
+def test_bad_flags_are_one_line(tmp_path, capsys, flags, first_words):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["gen", *flags, "--out", str(tmp_path), *OVR])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(first_words) and "\n" not in err, err
+    assert not any(tmp_path.iterdir())  # nothing written for a bad flag
