@@ -96,7 +96,8 @@ def final_evals(df: pd.DataFrame) -> pd.DataFrame:
     return ev.sort_values("step").groupby("run", as_index=False).tail(1).sort_values(["objective", "run"])
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file; torn or non-object lines skipped, [] if unreadable."""
     out = []
     try:
         text = Path(path).read_text()
@@ -120,7 +121,7 @@ def load_quality(runs: list[Path]) -> pd.DataFrame:
     rows = []
     for run in runs:
         cfg = load_config(run)
-        for rec in _read_jsonl(Path(run) / "eval_quality.jsonl"):
+        for rec in read_jsonl(Path(run) / "eval_quality.jsonl"):
             if rec.get("kind", "quality") != "quality":
                 continue
             row = {"run": str(run), "run_name": Path(run).name,
@@ -136,7 +137,7 @@ def load_quality(runs: list[Path]) -> pd.DataFrame:
 
 
 def _is_gen_bench(results: Path) -> bool:
-    for rec in _read_jsonl(results)[:1]:
+    for rec in read_jsonl(results)[:1]:
         return rec.get("kind") == "meta" and rec.get("bench") == "gen"
     return False
 
@@ -166,7 +167,7 @@ def load_bench_gen(results: Path) -> dict:
     ``rows``: one row per timed point with ``quality`` (a dict or None) merged from the
     ``gen_quality`` rows; ``reference``: statistics of held-out text per family/length."""
     results = Path(results)
-    recs = _read_jsonl(results)
+    recs = read_jsonl(results)
     meta = next((r for r in recs if r.get("kind") == "meta"), {})
     rows = [dict(r) for r in recs if r.get("kind") == "gen"]
     by_point = {r.get("point"): r for r in rows}

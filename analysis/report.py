@@ -47,6 +47,7 @@ from analysis.load import (  # noqa: E402
     find_runs,
     load_metrics,
     load_quality,
+    read_jsonl,
 )
 from sandbox.errors import UserError, exit_on_user_error  # noqa: E402
 
@@ -212,22 +213,14 @@ def section_speed(df: pd.DataFrame, out: Path, ctx: dict) -> str:
                 "(`--ar-run/--mdm-run` for trained models, `--quality` for sample statistics)._\n")
     from sandbox.bench_gen import format_summary, summarize
 
-    qlines = []
+    raw = []  # eval_quality lines, to give quality to benchmark points timed without --quality
     for run in ctx["runs"]:
-        qlines += [r for r in load_quality([run]).to_dict("records")]
-    raw = []
-    for run in ctx["runs"]:
-        p = Path(run) / "eval_quality.jsonl"
-        if p.exists():
-            from analysis.load import _read_jsonl
-            raw += [{**r, "run": str(run)} for r in _read_jsonl(p)]
+        raw += [{**r, "run": str(run)} for r in read_jsonl(Path(run) / "eval_quality.jsonl")]
     parts = [head, ""]
     for bench in speed.pick_benches(paths):
         rows = bench["rows"]
         speed.attach_eval_quality(rows, raw)
-        from analysis.load import _read_jsonl
-
-        bench["quality_rows"] = [r for r in _read_jsonl(bench["dir"] / "results.jsonl")
+        bench["quality_rows"] = [r for r in read_jsonl(bench["dir"] / "results.jsonl")
                                  if r.get("kind") == "gen_quality"]
         meta = bench["meta"]
         subj = meta.get("subjects") or {}
@@ -253,8 +246,14 @@ def section_speed(df: pd.DataFrame, out: Path, ctx: dict) -> str:
         parts += ["```", text.strip(), "```", ""]
         figs = speed.draw(bench, out)
         if figs["quality_files"]:
-            parts += [f"Quality axis: {figs['quality_note']}. Step lines: the Pareto front of each "
-                      "sampler.", ""]
+            note = figs["quality_note"]
+            if "entropy" in note:
+                note += ": the distance of the samples' unigram entropy to that of held-out text of the " \
+                        "same length; lower is closer to real text, and collapsed (repetitive) samples " \
+                        "score badly. gen-perplexity needs a judge (`python -m sandbox.train " \
+                        "experiment=judge`, then `--judge <run>`)"
+            parts += [f"Quality axis: {note}. Step lines: the Pareto front of each sampler (settings "
+                      "that no other setting of the same sampler beats on both axes).", ""]
             parts += [f"![{f}]({f})" for f in figs["quality_files"]] + [""]
         else:
             parts += [f"_Quality vs NFE / latency: not drawn ({figs['quality_note']})._", ""]

@@ -14,7 +14,9 @@ Reads ``results.jsonl`` folders written by ``python -m sandbox.bench gen`` (and 
   extrapolated from the last tokens it generated, see ``sandbox.bench_gen``) and the
   diffusion samplers.
 - ``*_step_over_forward.png``: each sampler's time per model call over one bare forward
-  of the same shape (figure a; the dashed line is the 1.15 target).
+  of the same shape (figure a; the dashed line is the 1.15 target), against both
+  references of ``sandbox.bench_gen.Forwards``: a jitted call (filled) and a forward
+  inside a compiled loop (hollow).
 
 Which quality figure: generative perplexity under a judge (lower is better) when the
 samples were scored with one; otherwise the distance of the samples' unigram entropy to
@@ -81,7 +83,7 @@ def quality_axis(rows: list[dict], references: list[dict]):
         h, hr = q.get("unigram_entropy"), (rq or {}).get("unigram_entropy")
         vals.append(abs(h - hr) if h is not None and hr is not None else None)
     if any(v is not None for v in vals):
-        return vals, "|unigram entropy of samples - of held-out text| (bits; lower is closer; no judge)"
+        return vals, "|entropy(samples) - entropy(held-out)|, bits (no judge)"
     if any(r.get("quality") for r in rows):
         return None, ("samples were scored but neither a judge (gen-perplexity) nor held-out text (entropy "
                       "reference; needs trained runs) is available")
@@ -229,18 +231,27 @@ def plot_step_ratio(bench: dict, out: Path, prefix: str) -> list[str]:
     labels = sorted({r["label"] for r in rows})
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, lab in enumerate(labels):
-        ys = [r["step_over_forward"] for r in rows if r["label"] == lab]
-        ax.scatter([i] * len(ys), ys, color=_color(lab), alpha=0.7)
+        rs = [r for r in rows if r["label"] == lab]
+        ax.scatter([i - 0.1] * len(rs), [r["step_over_forward"] for r in rs], color=_color(lab), alpha=0.7)
+        loop = [r["step_over_forward_loop"] for r in rs if r.get("step_over_forward_loop")]
+        ax.scatter([i + 0.1] * len(loop), loop, facecolors="none", edgecolors=_color(lab), alpha=0.9)
+    ax.scatter([], [], color="grey", label="vs one jitted forward call")
+    ax.scatter([], [], facecolors="none", edgecolors="grey", label="vs a forward in a compiled loop")
     ax.axhline(TARGET_STEP, ls="--", color="k", lw=1, label=f"target {TARGET_STEP}")
     ax.axhline(1.0, ls=":", color="grey", lw=1)
     ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
-    ax.set(ylabel="time per model call / bare forward", title="Sampler overhead per model call")
+    ax.set(ylabel="time per model call / bare forward", title="Sampler time per model call vs a bare forward")
     _finish(ax)
     return [_save(fig, out, f"{prefix}_step_over_forward.png")]
 
 
 def _finish(ax):
+    from matplotlib.ticker import NullFormatter
+
     ax.grid(alpha=0.3, which="both")
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":
+            axis.set_minor_formatter(NullFormatter())
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
 

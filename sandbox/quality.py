@@ -98,11 +98,12 @@ def distinct_n(token_arrays, n: int) -> float:
 
 # --- code statistics --------------------------------------------------------------------------
 def _parses(text: str) -> bool:
+    """True if ``ast.parse`` accepts the text and it holds at least one statement: a blank
+    or comment-only sample (what a collapsed sampler emits) does not count as code."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid escape sequences etc. are still code
-            ast.parse(text)
-        return True
+            return bool(ast.parse(text).body)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return False
 

@@ -31,8 +31,8 @@ def _write_jsonl(path, rows, torn: bool = False):
 def _run(root, name, objective, evals: bool, torn: bool = False, quality: bool = False):
     d = root / name
     d.mkdir(parents=True)
-    (d / "config.yaml").write_text(yaml.safe_dump({"objective": {"name": objective}, "model": {"name": "tiny"},
-                                                   "train": {"seq_len": 32}}))
+    cfg = {"objective": {"name": objective}, "model": {"name": "tiny"}, "train": {"seq_len": 32}}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     rows = []
     for step in (1, 2, 3, 4):
         rows.append({"kind": "train", "step": step, "train_loss": 3.0 - 0.1 * step, "tokens": 100 * step,
@@ -46,11 +46,13 @@ def _run(root, name, objective, evals: bool, torn: bool = False, quality: bool =
     _write_jsonl(d / "metrics.jsonl", rows, torn=torn)
     if quality:
         sampler = "ar" if objective == "ar" else "mdm_threshold"
-        settings = {"use_cache": True, "temperature": 1.0} if objective == "ar" else {"tau": 0.9, "block_size": 0}
+        settings = ({"use_cache": True, "temperature": 1.0} if objective == "ar"
+                    else {"tau": 0.9, "block_size": 0})
         _write_jsonl(d / "eval_quality.jsonl", [{
             "kind": "quality", "run": str(d), "sampler": sampler, "settings": settings, "length": 32,
             "nfe": 32.0 if objective == "ar" else 12.0, "num_samples": 8, "objective": objective,
-            "model": "tiny", "latency_s_per_sample": 0.01, "samples": _quality(4.1), "reference": _quality(4.4)}])
+            "model": "tiny", "latency_s_per_sample": 0.01, "samples": _quality(4.1),
+            "reference": _quality(4.4)}])
     return d
 
 
@@ -59,13 +61,15 @@ def _gen_row(point, label, settings, batch, length, nfe, latency, sweeps, family
     gen = length - prompt_len
     sampler = "ar" if label.startswith("ar") else label
     fwd = latency / max(nfe, 1) / 1.05
-    return {"kind": "gen", "point": point, "sweeps": sweeps, "family": family, "objective": "ar" if family == "ar"
-            else "mdlm", "model": "tiny", "model_source": source, "model_step": None, "sampler": sampler,
-            "label": label, "settings": settings, "settings_text": " ".join(f"{k}={v}" for k, v in settings.items()),
+    return {"kind": "gen", "point": point, "sweeps": sweeps, "family": family,
+            "objective": "ar" if family == "ar" else "mdlm", "model": "tiny", "model_source": source,
+            "model_step": None, "sampler": sampler, "label": label, "settings": settings,
+            "settings_text": " ".join(f"{k}={v}" for k, v in settings.items()),
             "batch": batch, "length": length, "prompt_len": prompt_len, "generated": gen, "nfe": nfe,
-            "nfe_samples": [nfe], "latency_s": latency, "latency_s_min": latency, "latency_s_samples": [latency],
-            "latency_per_seq_s": latency / batch, "latency_per_token_s": latency / gen,
-            "tokens_per_s": batch * gen / latency, "tokens_per_forward": gen / nfe, "time_per_nfe_s": latency / nfe,
+            "nfe_samples": [nfe], "latency_s": latency, "latency_s_min": latency,
+            "latency_s_samples": [latency], "latency_per_seq_s": latency / batch,
+            "latency_per_token_s": latency / gen, "tokens_per_s": batch * gen / latency,
+            "tokens_per_forward": gen / nfe, "time_per_nfe_s": latency / nfe,
             "forward_s": fwd, "forward_shape": [batch, length], "forward_mask": "causal",
             "step_over_forward": latency / nfe / fwd, "compile_s": 1.0, "timed_calls": 3, "quality": None}
 
@@ -82,7 +86,8 @@ def _bench(root, name, complete=True, with_quality=True):
         _gen_row(2, "ar", {"use_cache": True}, 4, 32, 32, 0.05, ["batch"], "ar"),
         _gen_row(3, "ar_nocache", {"use_cache": False}, 1, 16, 8, 0.02, ["length"], "ar", prompt_len=8),
         _gen_row(4, "ar_nocache", {"use_cache": False}, 1, 32, 8, 0.05, ["length"], "ar", prompt_len=24),
-        _gen_row(5, "mdm_threshold", {"tau": 0.9, "block_size": 0}, 1, 32, 12, 0.06, ["tau", "length"], "mdm"),
+        _gen_row(5, "mdm_threshold", {"tau": 0.9, "block_size": 0}, 1, 32, 12, 0.06, ["tau", "length"],
+                 "mdm"),
         _gen_row(6, "mdm_threshold", {"tau": 0.7, "block_size": 0}, 1, 32, 8, 0.04, ["tau"], "mdm"),
         _gen_row(7, "mdm_threshold", {"tau": 0.9, "block_size": 0}, 4, 32, 14, 0.2, ["tau"], "mdm"),
         _gen_row(8, "mdm_threshold", {"tau": 0.7, "block_size": 0}, 4, 32, 10, 0.15, ["tau"], "mdm"),
@@ -94,7 +99,8 @@ def _bench(root, name, complete=True, with_quality=True):
     if with_quality:
         rows += [{"kind": "gen_quality", "points": [i], "family": r["family"], "sampler": r["sampler"],
                   "settings_text": r["settings_text"], "length": r["length"], "prompt_len": r["prompt_len"],
-                  "quality": _quality(3.5 + 0.05 * i, ppl=20.0 - i), "examples": [f"def f{i}():\n    return ```x"]}
+                  "quality": _quality(3.5 + 0.05 * i, ppl=20.0 - i),
+                  "examples": [f"def f{i}():\n    return ```x"]}
                  for i, r in enumerate(gen)]
         rows += [{"kind": "reference", "family": f, "length": 32, "prompt_len": 0, "quality": _quality(4.4)}
                  for f in ("ar", "mdm")]

@@ -93,16 +93,15 @@ def _chunked(q, k, v, mask_kind: str, chunk: int):
 def attend_cached(q, k, v, pos):
     """Causal attention of T new queries against a static cache.
 
-    q[B, T, H, D] at positions pos..pos+T-1; k/v[B, S, K, D] hold every position < pos + T
-    (later slots are zeros and masked). Cost is O(S) per query whatever ``pos`` is: the
-    shapes stay static so one compiled step serves the whole generation."""
+    q[B, T, H, D] at positions pos..pos+T-1; k/v[B, K, S, D] (heads-major) hold every
+    position < pos + T (later slots are zeros and masked). Cost is O(S) per query whatever
+    ``pos`` is: the shapes stay static so one compiled step serves the whole generation."""
     b, t, h, d = q.shape
-    s, kh = k.shape[1], k.shape[2]
+    kh, s = k.shape[1], k.shape[2]
     g = h // kh
     qt = q.reshape(b, t, kh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, d)
-    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    mask = jnp.arange(s)[None, :] <= pos + jnp.arange(t)[:, None]  # [T, S]
-    o = _dense(qt, kt, vt, jnp.tile(mask, (g, 1)))
+    mask = jnp.tile(jnp.arange(s)[None, :] <= pos + jnp.arange(t)[:, None], (g, 1))  # [G*T, S]
+    o = _dense(qt, k, v, mask)
     return o.reshape(b, kh, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 

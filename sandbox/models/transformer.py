@@ -97,10 +97,12 @@ class Attention(nnx.Module):
 
     def decode(self, x, tables, cache, pos):
         """Causal step with a static KV cache. x[B, T, D] at positions pos..pos+T-1;
-        cache = (k, v) each [B, S, K, Dh]. Returns ([B, T, D], new cache)."""
+        cache = (k, v) each [B, K, S, Dh]. Returns ([B, T, D], new cache)."""
         q, k, v = self.qkv(x, tables)
-        ck = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, pos, 0, 0))
-        cv = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, pos, 0, 0))
+        # the cache is heads-major [B, K, S, Dh]: only the T new rows are transposed per step
+        k, v = (a.transpose(0, 2, 1, 3).astype(cache[0].dtype) for a in (k, v))
+        ck = jax.lax.dynamic_update_slice(cache[0], k, (0, 0, pos, 0))
+        cv = jax.lax.dynamic_update_slice(cache[1], v, (0, 0, pos, 0))
         return self.out(attend_cached(q, ck, cv, pos)), (ck, cv)
 
 
@@ -219,8 +221,9 @@ class Transformer(nnx.Module):
 
     # -- autoregressive decoding with a preallocated static KV cache --------------------------
     def init_cache(self, batch: int, max_len: int):
-        """Zeroed KV cache: per layer (k, v), each [B, max_len, K, Dh] in the compute dtype."""
-        shape = (batch, max_len, self.cfg["n_kv_heads"], self.cfg["head_dim"])
+        """Zeroed KV cache: per layer (k, v), each [B, K, max_len, Dh] (heads-major, the layout
+        attention reads, so a decode step never transposes the whole cache)."""
+        shape = (batch, self.cfg["n_kv_heads"], max_len, self.cfg["head_dim"])
         return [(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)) for _ in self.blocks]
 
     def decode(self, tokens, cache, pos):
