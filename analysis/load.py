@@ -27,17 +27,20 @@ import pandas as pd
 import yaml
 
 
-def find_runs(patterns: list[str] | str) -> list[Path]:
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    found: set[Path] = set()
-    for pat in patterns:
+def _matches(patterns: list[str] | str):
+    """Every path matching the glob pattern(s), recursively."""
+    for pat in [patterns] if isinstance(patterns, str) else patterns:
         for p in glob.glob(str(pat), recursive=True):
-            p = Path(p)
-            if (p / "metrics.jsonl").exists():
-                found.add(p)
-            elif p.is_dir():
-                found.update(m.parent for m in p.rglob("metrics.jsonl"))
+            yield Path(p)
+
+
+def find_runs(patterns: list[str] | str) -> list[Path]:
+    found: set[Path] = set()
+    for p in _matches(patterns):
+        if (p / "metrics.jsonl").exists():
+            found.add(p)
+        elif p.is_dir():
+            found.update(m.parent for m in p.rglob("metrics.jsonl"))
     return sorted(found)
 
 
@@ -145,19 +148,15 @@ def _is_gen_bench(results: Path) -> bool:
 def find_bench_gen(patterns: list[str] | str) -> list[Path]:
     """``results.jsonl`` files of generation benchmarks under the patterns (a pattern may
     name the results file, its folder, or a folder up to two levels above it)."""
-    if isinstance(patterns, str):
-        patterns = [patterns]
     found: set[Path] = set()
-    for pat in patterns:
-        for p in glob.glob(str(pat), recursive=True):
-            p = Path(p)
-            if p.is_file() and p.name == "results.jsonl":
-                cands = [p]
-            elif p.is_dir():
-                cands = [p / "results.jsonl", *p.glob("*/results.jsonl"), *p.glob("*/*/results.jsonl")]
-            else:
-                continue
-            found.update(c for c in cands if c.is_file() and _is_gen_bench(c))
+    for p in _matches(patterns):
+        if p.is_file() and p.name == "results.jsonl":
+            cands = [p]
+        elif p.is_dir():
+            cands = [p / "results.jsonl", *p.glob("*/results.jsonl"), *p.glob("*/*/results.jsonl")]
+        else:
+            continue
+        found.update(c for c in cands if c.is_file() and _is_gen_bench(c))
     return sorted(found)
 
 
