@@ -90,18 +90,27 @@ def _chunked(q, k, v, mask_kind: str, chunk: int):
     return o.transpose(0, 3, 1, 2, 4).reshape(b, l, h, d)
 
 
-def attend_cached(q, k, v, pos):
-    """Causal attention of T new queries against a static cache.
+def attend_cached(q, k_cache, v_cache, k_new, v_new, pos):
+    """Causal attention of T new queries against a static cache plus their own keys.
 
-    q[B, T, H, D] at positions pos..pos+T-1; k/v[B, K, S, D] (heads-major) hold every
-    position < pos + T (later slots are zeros and masked). Cost is O(S) per query whatever
-    ``pos`` is: the shapes stay static so one compiled step serves the whole generation."""
+    q[B, T, H, D] at positions pos..pos+T-1; k/v_cache[B, K, S, D] (heads-major) hold the
+    positions < pos (later slots are ignored); k/v_new[B, K, T, D] are the new tokens' own.
+    The cache is only *read* here and written by the caller afterwards, so XLA updates it in
+    place inside the decode loop instead of copying it every step (which made the step cost
+    grow with S). Shapes are static: one compiled step serves the whole generation."""
     b, t, h, d = q.shape
-    kh, s = k.shape[1], k.shape[2]
+    kh, s = k_cache.shape[1], k_cache.shape[2]
     g = h // kh
     qt = q.reshape(b, t, kh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, d)
-    mask = jnp.tile(jnp.arange(s)[None, :] <= pos + jnp.arange(t)[:, None], (g, 1))  # [G*T, S]
-    o = _dense(qt, k, v, mask)
+    qt = qt * (1.0 / math.sqrt(d))
+    neg = jnp.finfo(jnp.float32).min
+    old = jnp.einsum("bkmd,bksd->bkms", qt, k_cache, preferred_element_type=jnp.float32)
+    old = jnp.where(jnp.arange(s)[None, :] < pos, old, neg)
+    new = jnp.einsum("bkmd,bktd->bkmt", qt, k_new, preferred_element_type=jnp.float32)
+    new = jnp.where(jnp.tile(jnp.arange(t)[None, :] <= jnp.arange(t)[:, None], (g, 1)), new, neg)
+    p = _softmax(jnp.concatenate([old, new], axis=-1)).astype(v_cache.dtype)
+    o = (jnp.einsum("bkms,bksd->bkmd", p[..., :s], v_cache)
+         + jnp.einsum("bkmt,bktd->bkmd", p[..., s:], v_new))
     return o.reshape(b, kh, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 

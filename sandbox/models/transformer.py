@@ -101,9 +101,10 @@ class Attention(nnx.Module):
         q, k, v = self.qkv(x, tables)
         # the cache is heads-major [B, K, S, Dh]: only the T new rows are transposed per step
         k, v = (a.transpose(0, 2, 1, 3).astype(cache[0].dtype) for a in (k, v))
-        ck = jax.lax.dynamic_update_slice(cache[0], k, (0, 0, pos, 0))
+        o = attend_cached(q, cache[0], cache[1], k, v, pos)   # read the cache first ...
+        ck = jax.lax.dynamic_update_slice(cache[0], k, (0, 0, pos, 0))  # ... then write it
         cv = jax.lax.dynamic_update_slice(cache[1], v, (0, 0, pos, 0))
-        return self.out(attend_cached(q, ck, cv, pos)), (ck, cv)
+        return self.out(o), (ck, cv)
 
 
 class SwiGLU(nnx.Module):
