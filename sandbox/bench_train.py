@@ -48,6 +48,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -63,7 +64,6 @@ from sandbox.train import (
     build_objective,
     init_state,
     make_train_step,
-    optax_global_norm,
     split_model,
 )
 
@@ -278,7 +278,7 @@ def _nnx_step(objective, ema_decay: float, graph: bool):
         new = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, nnx.state(ema, nnx.Param),
                            nnx.state(model, nnx.Param))
         nnx.update(ema, new)
-        return {"loss": loss, "grad_norm": optax_global_norm(grads), **aux}
+        return {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
 
     return nnx.jit(step, donate_argnums=(0, 1, 2), graph=graph)
 

@@ -12,6 +12,7 @@ we fall back to the one before it with a warning.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -48,6 +49,28 @@ def check_compatible(saved: dict, current: dict, where: str) -> None:
     extra = next(iter(set(saved) - set(current)))
     raise UserError(f"{where}: checkpoint has parameter {extra} that this model lacks; use a new "
                     "hydra.run.dir or the run's original model config")
+
+
+def restore_run(run_dir: Path, target_state, check=None):
+    """Newest checkpoint of a run folder restored into ``target_state``'s structure, after
+    checking the saved ``shapes.json`` against it (one line naming the first difference).
+    ``check`` runs between the shape check and the restore. Returns (state, step), or
+    (None, None) when the folder holds no checkpoint."""
+    run_dir = Path(run_dir)
+    where = str(run_dir / "checkpoints")
+    if not (run_dir / "checkpoints").exists():
+        return None, None
+    saved = run_dir / "shapes.json"
+    if saved.exists():
+        current = json.loads(json.dumps(describe_state(target_state)))  # tuples -> lists, as saved
+        check_compatible(json.loads(saved.read_text()), current, where)
+    if check is not None:
+        check()
+    ckpt = Checkpointer(run_dir / "checkpoints")
+    try:
+        return ckpt.restore(target_state)
+    finally:
+        ckpt.close()
 
 
 class Checkpointer:

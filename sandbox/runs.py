@@ -23,7 +23,6 @@ Every problem with the folder (missing, not a run, never checkpointed) is a one-
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import jax
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from sandbox.checkpoint import Checkpointer, check_compatible, describe_state
+from sandbox.checkpoint import restore_run
 from sandbox.errors import UserError
 from sandbox.flops import train_flops_per_token
 from sandbox.optim import make_optimizer
@@ -115,15 +114,7 @@ def load_run(run_dir, weights: str = "ema") -> LoadedRun:
     steps = resolve_steps(cfg, train_flops_per_token(model, int(cfg.train.seq_len), objective))
     tx, _ = make_optimizer(cfg.optim, steps)
     abstract = jax.eval_shape(lambda p: init_state(p, tx), params)
-    saved = path / "shapes.json"
-    if saved.exists():
-        check_compatible(json.loads(saved.read_text()), json.loads(json.dumps(describe_state(abstract))),
-                         str(path / "checkpoints"))
-    ckpt = Checkpointer(path / "checkpoints")
-    try:
-        state, step = ckpt.restore(abstract)
-    finally:
-        ckpt.close()
+    state, step = restore_run(path, abstract)
     if state is None:
         raise UserError(f"run_dir={run_dir}: no checkpoint yet; train it first")
     chosen = state["ema"] if weights == "ema" else state["params"]

@@ -26,13 +26,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from sandbox import flops as flops_lib
-from sandbox.checkpoint import Checkpointer, check_compatible, describe_state
+from sandbox.checkpoint import Checkpointer, describe_state, restore_run
 from sandbox.cli import hydra_entry, instantiate, require_int
 from sandbox.data import check_seq_len, eval_batches, get_batch, prepare
 from sandbox.errors import UserError
@@ -87,14 +88,10 @@ def make_train_step(graphdef, objective, tx, ema_decay: float):
         # EMA with warm-up (decay grows like (1+n)/(10+n)) so short runs are not all init.
         d = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
         ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema"], params)
-        metrics = {"loss": loss, "grad_norm": optax_global_norm(grads), **aux}
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
         return {"params": params, "ema": ema, "opt": opt, "step": step}, metrics
 
     return jax.jit(step_fn, donate_argnums=0)
-
-
-def optax_global_norm(tree):
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 def make_eval_fn(graphdef, objective, draws: int):
@@ -230,30 +227,20 @@ def _setup(cfg, run_dir: Path) -> dict:
     graphdef, params = split_model(model)
     state = init_state(params, tx)
     shapes = describe_state(state)
-    ckpt = None
-    if (run_dir / "checkpoints").exists():
-        saved = run_dir / "shapes.json"
-        if saved.exists():
-            import json
-
-            check_compatible(json.loads(saved.read_text()), json.loads(json.dumps(shapes)),
-                             str(run_dir / "checkpoints"))
-        check_same_run(cfg, run_dir)
-        ckpt = Checkpointer(run_dir / "checkpoints")
-        restored, step = ckpt.restore(state)
-        if restored is not None:
-            state = restored
-            print(f"resuming {run_dir} from step {step}")
+    restored, step = restore_run(run_dir, state, check=lambda: check_same_run(cfg, run_dir))
+    if restored is not None:
+        state = restored
+        print(f"resuming {run_dir} from step {step}")
     return dict(data=data, tokenizer=tokenizer, model=model, objective=objective, graphdef=graphdef,
-                state=state, tx=tx, sched=sched, steps=steps, fpt=fpt, shapes=shapes, ckpt=ckpt,
-                seed=seed, batch_size=batch_size, seq_len=seq_len)
+                state=state, tx=tx, sched=sched, steps=steps, fpt=fpt, shapes=shapes,
+                seed=seed, batch_size=batch_size, seq_len=seq_len, train_split=split)
 
 
 def _loop(cfg, run_dir: Path, s: dict) -> dict:
     t = cfg.train
     data, objective, state = s["data"], s["objective"], s["state"]
     steps, bs, sl, fpt = s["steps"], s["batch_size"], s["seq_len"], s["fpt"]
-    ckpt = s["ckpt"] or Checkpointer(run_dir / "checkpoints")
+    ckpt = Checkpointer(run_dir / "checkpoints")
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=jax.process_index() == 0)
     start = int(state["step"])
     log.rewind(start)
@@ -262,7 +249,7 @@ def _loop(cfg, run_dir: Path, s: dict) -> dict:
     base_key = jax.random.PRNGKey(s["seed"])
     eval_key = jax.random.fold_in(jax.random.PRNGKey(s["seed"]), 10**9)  # same masks every eval
     tpb_val = data.tokens_per_byte("val")
-    train_split = str(t.get("train_split", "train"))
+    train_split = s["train_split"]
     tokens_per_step = bs * sl
 
     def do_eval(step):

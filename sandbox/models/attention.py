@@ -95,9 +95,10 @@ def attend_cached(q, k_cache, v_cache, k_new, v_new, pos):
 
     q[B, T, H, D] at positions pos..pos+T-1; k/v_cache[B, K, S, D] (heads-major) hold the
     positions < pos (later slots are ignored); k/v_new[B, K, T, D] are the new tokens' own.
-    The cache is only *read* here and written by the caller afterwards, so XLA updates it in
-    place inside the decode loop instead of copying it every step (which made the step cost
-    grow with S). Shapes are static: one compiled step serves the whole generation."""
+    The cache is only read here and written by the caller afterwards, so the update can be
+    done in place. Shapes are static: one compiled step serves the whole generation, and the
+    masked read of all S slots makes a step's cost grow with S on XLA:CPU (measured by
+    ``sandbox.bench gen``)."""
     b, t, h, d = q.shape
     kh, s = k_cache.shape[1], k_cache.shape[2]
     g = h // kh
