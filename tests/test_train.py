@@ -268,3 +268,14 @@ def test_smoke_experiment_runs(obj, sandbox_cache, tmp_path):
     assert math.isfinite(result["val_bpb"]) and result["val_bpb"] > 0
     assert ("val_bpb_stderr" in result) == (obj == "mdlm")
     assert records(tmp_path / "smoke", "train")[-1]["step"] == cfg.train.steps
+
+
+def test_train_split_selects_the_data_and_a_bad_one_is_refused(uninterrupted, sandbox_cache, tmp_path):
+    with pytest.raises(UserError, match="train.train_split"):
+        run(tiny_cfg("ar", "train.train_split=bogus", cache=sandbox_cache), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    d = tmp_path / "judge"
+    run(tiny_cfg("ar", "train.train_split=test", cache=sandbox_cache), d)
+    a = [r["train_loss"] for r in records(uninterrupted["ar"], "train")]
+    b = [r["train_loss"] for r in records(d, "train")]
+    assert len(a) == len(b) and a != b  # same seed and model, other data
