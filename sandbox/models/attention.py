@@ -19,13 +19,47 @@ Softmax is computed in float32 whatever the input dtype.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 
 from sandbox.errors import UserError
 
-MASK_KINDS = ("causal", "bidirectional")
+MASK_KINDS = ("causal", "bidirectional", "block_diffusion")
+
+
+@dataclass(frozen=True)
+class BlockDiffusionMask:
+    """The BD3LM training mask (Arriola et al. 2025, Sec. 3.2 and Fig. 2) over the
+    concatenation ``[x_t ; x_0]`` of a noised and a clean copy of an n-token sequence
+    (length 2n; both halves carry positions 0..n-1). With blocks of ``block_size``:
+
+    - noised block b sees noised block b (block-diagonal, bidirectional inside the block),
+    - noised block b sees clean blocks < b (offset block-causal),
+    - clean block b sees clean blocks <= b (block-causal), never a noised token.
+
+    One forward pass then gives every noised block's prediction given the clean blocks
+    before it. Hashable, so it is a static argument under jit."""
+
+    block_size: int
+    kind: str = "block_diffusion"
+
+    def array(self, l: int, s: int):
+        """bool[l, s] (query, key): True where attention is allowed. Needs l == s, even."""
+        if l != s or l % 2:
+            raise UserError(f"the block-diffusion mask needs the [x_t ; x_0] layout (even "
+                            f"length, no cache); got {l} queries and {s} keys")
+        n = l // 2
+        i = jnp.arange(l)
+        blk, clean = (i % n) // self.block_size, i >= n
+        bq, bk, cq, ck = blk[:, None], blk[None, :], clean[:, None], clean[None, :]
+        return ((~cq & ~ck & (bq == bk)) | (~cq & ck & (bk < bq)) | (cq & ck & (bk <= bq)))
+
+
+def mask_name(mask_kind) -> str:
+    """The family name of a mask: the string itself, or a mask object's ``kind``."""
+    return mask_kind if isinstance(mask_kind, str) else getattr(mask_kind, "kind", "?")
 IMPLS = ("auto", "xla", "chunked", "cudnn")
 
 
@@ -75,7 +109,11 @@ def _chunked(q, k, v, mask_kind: str, chunk: int):
             mask = jnp.tile(mask, (g, 1))
         return _dense(qi, kt[:, :, :kv_end], vt[:, :, :kv_end], mask).reshape(b, kh, g, j - i, d)
 
-    if mask_kind == "bidirectional":
+    if not isinstance(mask_kind, str):  # a structured mask object: dense mask rows per chunk
+        full = mask_kind.array(l, s)
+        c = max(chunk, 512)
+        outs = [block(i, min(i + c, l), s, full[i:min(i + c, l)]) for i in range(0, l, c)]
+    elif mask_kind == "bidirectional":
         c = max(chunk, 512)  # no FLOPs to skip: chunk only to bound memory on long inputs
         outs = [block(i, min(i + c, l), s, None) for i in range(0, l, c)]
     else:
@@ -90,43 +128,62 @@ def _chunked(q, k, v, mask_kind: str, chunk: int):
     return o.transpose(0, 3, 1, 2, 4).reshape(b, l, h, d)
 
 
+def attend_segments(q, segments):
+    """Attention of T queries over keys held in several buffers, without concatenating them.
+
+    q[B, T, H, D]; segments: (k[B, K, S_i, D], v[B, K, S_i, D], mask bool[T, S_i]) per
+    buffer (heads-major, the cache layout). The scores of all segments share one softmax.
+    Decoding uses it to read a static cache and the token's own keys (or a small per-chunk
+    buffer) as separate operands, so the large cache is never rewritten to be read."""
+    b, t, h, d = q.shape
+    kh = segments[0][0].shape[1]
+    g = h // kh
+    qt = q.reshape(b, t, kh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, d)
+    qt = qt * (1.0 / math.sqrt(d))
+    neg = jnp.finfo(jnp.float32).min
+    scores = [jnp.where(jnp.tile(mask, (g, 1)),
+                        jnp.einsum("bkmd,bksd->bkms", qt, k, preferred_element_type=jnp.float32),
+                        neg)
+              for k, _, mask in segments]
+    sizes = [s.shape[-1] for s in scores]
+    p = _softmax(jnp.concatenate(scores, axis=-1) if len(scores) > 1 else scores[0])
+    o, at = 0.0, 0
+    for (_, v, _), n in zip(segments, sizes):
+        o = o + jnp.einsum("bkms,bksd->bkmd", p[..., at:at + n].astype(v.dtype), v)
+        at += n
+    return o.reshape(b, kh, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
 def attend_cached(q, k_cache, v_cache, k_new, v_new, pos):
     """Causal attention of T new queries against a static cache plus their own keys.
 
     q[B, T, H, D] at positions pos..pos+T-1; k/v_cache[B, K, S, D] (heads-major) hold the
     positions < pos (later slots are ignored); k/v_new[B, K, T, D] are the new tokens' own.
-    The cache is only read here and written by the caller afterwards, so the update can be
-    done in place. Shapes are static: one compiled step serves the whole generation, and the
-    masked read of all S slots makes a step's cost grow with S on XLA:CPU (measured by
-    ``sandbox.bench gen``)."""
-    b, t, h, d = q.shape
-    kh, s = k_cache.shape[1], k_cache.shape[2]
-    g = h // kh
-    qt = q.reshape(b, t, kh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, d)
-    qt = qt * (1.0 / math.sqrt(d))
-    neg = jnp.finfo(jnp.float32).min
-    old = jnp.einsum("bkmd,bksd->bkms", qt, k_cache, preferred_element_type=jnp.float32)
-    old = jnp.where(jnp.arange(s)[None, :] < pos, old, neg)
-    new = jnp.einsum("bkmd,bktd->bkmt", qt, k_new, preferred_element_type=jnp.float32)
-    new = jnp.where(jnp.tile(jnp.arange(t)[None, :] <= jnp.arange(t)[:, None], (g, 1)), new, neg)
-    p = _softmax(jnp.concatenate([old, new], axis=-1)).astype(v_cache.dtype)
-    o = (jnp.einsum("bkms,bksd->bkmd", p[..., :s], v_cache)
-         + jnp.einsum("bkmt,bktd->bkmd", p[..., s:], v_new))
-    return o.reshape(b, kh, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+    Used for the prefill; the per-token decode step reads a frozen cache plus a small chunk
+    buffer instead (``Transformer.decode_step``)."""
+    t, s = q.shape[1], k_cache.shape[2]
+    return attend_segments(q, [
+        (k_cache, v_cache, jnp.broadcast_to(jnp.arange(s)[None, :] < pos, (t, s))),
+        (k_new, v_new, jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]),
+    ])
 
 
-def attend(q, k, v, mask_kind: str, impl: str = "chunked", chunk: int = 64):
-    """Grouped-query attention. q[B,L,H,D], k/v[B,S,K,D] -> [B,L,H,D]."""
-    if mask_kind not in MASK_KINDS:
+def attend(q, k, v, mask_kind, impl: str = "chunked", chunk: int = 64):
+    """Grouped-query attention. q[B,L,H,D], k/v[B,S,K,D] -> [B,L,H,D]. ``mask_kind``: a
+    MASK_KINDS string, or a mask object with ``kind`` and ``array(l, s) -> bool[l, s]``."""
+    if mask_name(mask_kind) not in MASK_KINDS:
         raise UserError(f"mask kind '{mask_kind}' unknown (choose one of {', '.join(MASK_KINDS)})")
     if impl == "chunked":
         return _chunked(q, k, v, mask_kind, chunk)
     if impl in ("xla", "cudnn"):
         h, kh = q.shape[2], k.shape[2]
+        mask = None
+        if not isinstance(mask_kind, str):  # cuDNN's fused kernel takes no arbitrary mask
+            mask, impl = mask_kind.array(q.shape[1], k.shape[1])[None, None], "xla"
         if impl == "xla" and h != kh:  # xla path wants equal heads; repeat kv groups
             k = jnp.repeat(k, h // kh, axis=2)
             v = jnp.repeat(v, h // kh, axis=2)
         return jax.nn.dot_product_attention(
-            q, k, v, is_causal=(mask_kind == "causal"), implementation=impl
+            q, k, v, mask=mask, is_causal=(mask_kind == "causal"), implementation=impl
         )
     raise UserError(f"model.attention: unknown value '{impl}' (choose one of {', '.join(IMPLS)})")

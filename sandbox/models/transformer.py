@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sandbox.errors import UserError
-from sandbox.models.attention import attend, attend_cached, resolve_impl
+from sandbox.models.attention import attend, attend_cached, attend_segments, resolve_impl
 
 
 def _param(rngs: nnx.Rngs, shape, axes, std: float) -> nnx.Param:
@@ -101,10 +101,23 @@ class Attention(nnx.Module):
         q, k, v = self.qkv(x, tables)
         # the cache is heads-major [B, K, S, Dh]: only the T new rows are transposed per step
         k, v = (a.transpose(0, 2, 1, 3).astype(cache[0].dtype) for a in (k, v))
-        o = attend_cached(q, cache[0], cache[1], k, v, pos)   # read the cache first ...
-        ck = jax.lax.dynamic_update_slice(cache[0], k, (0, 0, pos, 0))  # ... then write it
+        o = attend_cached(q, cache[0], cache[1], k, v, pos)
+        ck = jax.lax.dynamic_update_slice(cache[0], k, (0, 0, pos, 0))
         cv = jax.lax.dynamic_update_slice(cache[1], v, (0, 0, pos, 0))
         return self.out(o), (ck, cv)
+
+    def decode_step(self, x, tables, cache, buf, start, i):
+        """One token x[B, 1, D] at position start + i. ``cache`` = (k, v)[B, K, S, Dh] holds
+        the positions < start and is only read; ``buf`` = (k, v)[B, K, C, Dh] holds
+        start..start+i-1 and gets this token's k, v at slot i. Returns ([B, 1, D], buf)."""
+        q, k, v = self.qkv(x, tables)
+        k, v = (a.transpose(0, 2, 1, 3).astype(buf[0].dtype) for a in (k, v))
+        bk = jax.lax.dynamic_update_slice(buf[0], k, (0, 0, i, 0))
+        bv = jax.lax.dynamic_update_slice(buf[1], v, (0, 0, i, 0))
+        s, c = cache[0].shape[2], bk.shape[2]
+        o = attend_segments(q, [(cache[0], cache[1], jnp.arange(s)[None, :] < start),
+                                (bk, bv, jnp.arange(c)[None, :] <= i)])
+        return self.out(o), (bk, bv)
 
 
 class SwiGLU(nnx.Module):
@@ -143,6 +156,11 @@ class Block(nnx.Module):
         x = x + a
         return x + self.mlp(self.norm2(x)), cache
 
+    def decode_step(self, x, tables, cache, buf, start, i):
+        a, buf = self.attn.decode_step(self.norm1(x), tables, cache, buf, start, i)
+        x = x + a
+        return x + self.mlp(self.norm2(x)), buf
+
 
 class Transformer(nnx.Module):
     """Pre-norm Transformer backbone. tokens[B, L] int -> logits[B, L, V] float32.
@@ -159,7 +177,7 @@ class Transformer(nnx.Module):
       tie_embeddings: share the input embedding with the output projection.
     """
 
-    supported_masks = ("causal", "bidirectional")
+    supported_masks = ("causal", "bidirectional", "block_diffusion")
 
     def __init__(self, *, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
                  n_kv_heads: int | None = None, d_ff: int | None = None, max_len: int = 1024,
@@ -194,7 +212,7 @@ class Transformer(nnx.Module):
     def hidden(self, tokens, *, mask_kind: str = "causal", positions=None):
         """tokens[B, L] -> final normalised hidden states [B, L, D]."""
         b, l = tokens.shape
-        if l > self.max_len:
+        if positions is None and l > self.max_len:  # given positions: the caller checks
             raise UserError(f"train.seq_len={l} exceeds model.max_len={self.max_len}; "
                             "raise model.max_len or shorten the sequence")
         if positions is None:
@@ -239,6 +257,33 @@ class Transformer(nnx.Module):
             x, c = blk.decode(x, tables, c, pos)
             new.append(c)
         return self.logits(self.norm(x)), new
+
+    def decode_step(self, tokens, cache, buf, start, i):
+        """One new token tokens[B, 1] at position start + i, for token-by-token decoding in
+        chunks: ``cache`` (``init_cache``) holds the positions < start and is only read;
+        ``buf`` (``init_cache(B, C)``) holds start..start+i-1 and receives this token.
+        ``commit`` copies a full buffer into the cache once per chunk. Returns
+        (logits[B, 1, V], buf).
+
+        Why two buffers: a step that both reads and updates one loop-carried cache makes
+        XLA:CPU copy the whole cache every step (its copy insertion cannot prove the read
+        happens first), so the step cost grew with the cache length. Here the large cache is
+        loop-invariant inside a chunk and only the C-slot buffer is rewritten."""
+        b = tokens.shape[0]
+        positions = jnp.broadcast_to(start + i, (b, 1))
+        tables = rope_tables(positions, self.cfg["head_dim"], self.cfg["rope_base"])
+        x = self.embed[...][tokens].astype(self.dtype)
+        new = []
+        for blk, c, bf in zip(self.blocks, cache, buf):
+            x, bf = blk.decode_step(x, tables, c, bf, start, i)
+            new.append(bf)
+        return self.logits(self.norm(x)), new
+
+    @staticmethod
+    def commit(cache, buf, start):
+        """Write the chunk buffer (positions start..start+C-1) into the cache."""
+        return [tuple(jax.lax.dynamic_update_slice(c, bf, (0, 0, start, 0)) for c, bf in zip(cl, bl))
+                for cl, bl in zip(cache, buf)]
 
     def n_params(self, non_embedding: bool = True) -> int:
         state = nnx.state(self, nnx.Param)

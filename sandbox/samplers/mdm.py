@@ -95,15 +95,17 @@ class MaskedDiffusionSampler(Sampler):
     def predict(self, model, z):
         """Logits [B, L, V] for canvas z, mask token suppressed (SUBS), temperature applied."""
         logits = model(z, mask_kind="bidirectional")
-        logits = logits.at[..., jnp.array((self.mask_id, *self.banned_ids))].set(-jnp.inf)
-        return logits / jnp.float32(self.temperature)
+        # a broadcast select fuses into the logits' producer; a scatter would copy [B, L, V]
+        banned = jnp.isin(jnp.arange(logits.shape[-1]), jnp.array((self.mask_id, *self.banned_ids)))
+        logits = jnp.where(banned, -jnp.inf, logits)
+        return logits if self.temperature == 1.0 else logits / jnp.float32(self.temperature)
 
     def draw(self, key, logits):
         """Exact token draw at every position and its model probability (confidence)."""
         x = sample(key, logits, self.precision)
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        conf = jnp.exp(jnp.take_along_axis(logp, x[..., None], axis=-1)[..., 0])
-        return x, conf
+        # p(x) = exp(logit_x - logsumexp): one reduction, no [B, L, V] log-softmax array
+        picked = jnp.take_along_axis(logits, x[..., None], axis=-1)[..., 0]
+        return x, jnp.exp(picked - jax.nn.logsumexp(logits, axis=-1))
 
     def generate(self, model, key, prompt, length: int):
         b, p = prompt.shape
