@@ -5,7 +5,8 @@ Training FLOPs per token follow Kaplan et al. (2020) / Chinchilla (Hoffmann et a
 attention scores and weighted sum, ``12 n_layers L d`` per token (full L x L matrix, as
 those papers count it, whatever mask is used). ``N`` counts every matmul parameter,
 including the output projection but not the embedding lookup. The objective's
-``flops_factor`` scales the backbone cost (block diffusion runs on a doubled input).
+``flops_factor`` is the backbone's input length per window token (block diffusion reads
+``[z_t ; x]``, twice the window).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ def matmul_params(model) -> int:
 
 
 def train_flops_per_token(model, seq_len: int, objective=None) -> float:
+    """Training FLOPs per window token. The backbone reads ``flops_factor`` x seq_len tokens
+    per window (2 for block diffusion), so the matmul term scales by the factor and the
+    attention term, quadratic in the input length, by its square."""
     n_layers, d = model.cfg["n_layers"], model.cfg["d_model"]
-    per_tok = 6 * matmul_params(model) + 12 * n_layers * seq_len * d
-    return float(per_tok) * float(getattr(objective, "flops_factor", 1.0))
+    f = float(getattr(objective, "flops_factor", 1.0))
+    return f * (6 * matmul_params(model) + 12 * n_layers * (f * seq_len) * d)
 
 
 def forward_flops_per_token(model, seq_len: int) -> float:

@@ -2,6 +2,7 @@
 
 from sandbox.objectives.ar import AR
 from sandbox.objectives.base import Objective, bits_per_byte
+from sandbox.objectives.bd3lm import BD3LM
 from sandbox.objectives.mdlm import MDLM
 
-__all__ = ["AR", "MDLM", "Objective", "bits_per_byte"]
+__all__ = ["AR", "BD3LM", "MDLM", "Objective", "bits_per_byte"]

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from sandbox.errors import UserError
+from sandbox.models.attention import mask_name
 
 
 class Objective:
@@ -38,8 +39,9 @@ class Objective:
     def check(self, model, tokenizer) -> None:
         """Raise UserError if this objective cannot train ``model`` with ``tokenizer``."""
         masks = getattr(model, "supported_masks", ())
-        if self.mask_kind not in masks:
-            raise UserError(f"objective={self.name} needs a {self.mask_kind} mask but model "
+        kind = mask_name(self.mask_kind)
+        if kind not in masks:
+            raise UserError(f"objective={self.name} needs a {kind} mask but model "
                             f"'{getattr(model, 'name', type(model).__name__)}' supports only "
                             f"{', '.join(masks) or 'none'}; pick another model or objective")
         if model.vocab_size != tokenizer.vocab_size:
