@@ -3,9 +3,18 @@
 ``Transformer(tokens[B, L], mask_kind=...) -> logits[B, L, V]``.
 
 RoPE positions, RMSNorm, SwiGLU MLP and grouped-query attention (``n_kv_heads`` divides
-``n_heads``; ``n_kv_heads == 1`` is multi-query). The mask kind (``causal`` or
-``bidirectional``) is a call argument chosen by the objective, so one set of weights
-class serves every objective; the backbone knows nothing of losses or noise.
+``n_heads``; ``n_kv_heads == 1`` is multi-query). The mask kind (``causal``,
+``bidirectional`` or a ``BlockDiffusionMask``) is a call argument chosen by the objective,
+so one backbone class serves every objective; it knows nothing of losses or noise.
+
+The backbone protocol (what objectives and samplers call; a new backbone provides it):
+- ``__call__(tokens[B, L], mask_kind=..., positions=None) -> logits[B, L, V]``,
+  ``supported_masks``, ``vocab_size``, ``max_len``, ``cfg`` (``d_model``, ``n_layers``),
+  ``n_params``.
+- Cached decoding (optional; samplers fall back to full forwards without it):
+  ``init_cache(B, S)``, ``decode`` (prefill, causal), ``decode_step`` (one AR token against
+  a read-only cache plus a chunk buffer), ``decode_block`` (a bidirectional block against
+  a read-only cache: block diffusion) and ``commit`` (write new keys/values into the cache).
 
 Design choices:
 - Every parameter is an ``nnx.Param`` carrying ``logical_axes`` metadata (``vocab``,
@@ -119,6 +128,17 @@ class Attention(nnx.Module):
                                 (bk, bv, jnp.arange(c)[None, :] <= i)])
         return self.out(o), (bk, bv)
 
+    def decode_block(self, x, tables, cache, start):
+        """T tokens x[B, T, D] at positions start..start+T-1 that see each other in both
+        directions and the cache positions < start (read-only): the block step of block
+        diffusion. Returns ([B, T, D], (k, v) [B, K, T, Dh] of the T tokens)."""
+        q, k, v = self.qkv(x, tables)
+        k, v = (a.transpose(0, 2, 1, 3).astype(cache[0].dtype) for a in (k, v))
+        t, s = x.shape[1], cache[0].shape[2]
+        seen = jnp.broadcast_to(jnp.arange(s)[None, :] < start, (t, s))
+        o = attend_segments(q, [(cache[0], cache[1], seen), (k, v, jnp.ones((t, t), bool))])
+        return self.out(o), (k, v)
+
 
 class SwiGLU(nnx.Module):
     """SwiGLU MLP (Shazeer 2020).  x[B, L, D] -> [B, L, D]."""
@@ -160,6 +180,11 @@ class Block(nnx.Module):
         a, buf = self.attn.decode_step(self.norm1(x), tables, cache, buf, start, i)
         x = x + a
         return x + self.mlp(self.norm2(x)), buf
+
+    def decode_block(self, x, tables, cache, start):
+        a, kv = self.attn.decode_block(self.norm1(x), tables, cache, start)
+        x = x + a
+        return x + self.mlp(self.norm2(x)), kv
 
 
 class Transformer(nnx.Module):
@@ -278,6 +303,21 @@ class Transformer(nnx.Module):
             x, bf = blk.decode_step(x, tables, c, bf, start, i)
             new.append(bf)
         return self.logits(self.norm(x)), new
+
+    def decode_block(self, tokens, cache, start):
+        """Block diffusion's step: tokens[B, T] at positions start..start+T-1 see each other
+        (bidirectional) and the cache positions < start (read-only). Returns
+        (logits[B, T, V], kv) where kv holds the T tokens' keys/values per layer, for
+        ``commit`` once the block is final (its clean tokens' kv, as BD3LM's exact cache)."""
+        b, t = tokens.shape
+        positions = jnp.broadcast_to(start + jnp.arange(t), (b, t))
+        tables = rope_tables(positions, self.cfg["head_dim"], self.cfg["rope_base"])
+        x = self.embed[...][tokens].astype(self.dtype)
+        kvs = []
+        for blk, c in zip(self.blocks, cache):
+            x, kv = blk.decode_block(x, tables, c, start)
+            kvs.append(kv)
+        return self.logits(self.norm(x)), kvs
 
     @staticmethod
     def commit(cache, buf, start):
