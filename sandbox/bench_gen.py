@@ -27,13 +27,15 @@ Protocol (DESIGN.md, "Speed protocol"):
   lengths; ``mdm_ancestral`` over lengths (steps = generated/8), steps (generated/16 ..
   generated), batches and semi-AR block sizes; ``mdm_topk_confidence`` over steps;
   ``mdm_first_hitting`` once; ``mdm_threshold`` over lengths, tau x batches and block
-  sizes. Identical points from two sweeps are timed once (``sweeps`` lists both).
+  sizes; ``bd3lm`` (block diffusion with its KV cache, ancestral inside each block with
+  block/``--length-div`` steps, every block generated) over ``--bd3lm-blocks`` and
+  batches. Identical points from two sweeps are timed once (``sweeps`` lists both).
 - ``ar_nocache`` generates only the last ``--nocache-tokens`` tokens of each length after
   a random prompt: each of its steps is one forward of the whole static buffer whatever
   the position, so its time per generated token is the same as a full generation's,
   without the quadratic bill (512 forwards of 513 tokens at batch 1 is half a minute on
   a 2-core CPU). ``prompt_len`` in the row says so.
-- **Random or trained weights**: ``--ar-run`` / ``--mdm-run`` load trained runs
+- **Random or trained weights**: ``--ar-run`` / ``--mdm-run`` / ``--bd3lm-run`` load trained runs
   (``sandbox.runs.load_run``, EMA weights); a family without one gets a randomly
   initialised ``--model`` (tiny). Speed does not depend on the weights, except the NFE of
   ``mdm_threshold`` (and ancestral's skipped calls): with random weights no token reaches
@@ -75,14 +77,16 @@ from flax import nnx
 from sandbox.bench_train import Results, _csv, _loadavg, build, compose_config, format_table, log
 from sandbox.errors import UserError
 from sandbox.runinfo import atomic_write_text
-from sandbox.samplers import Ancestral, ARSampler, FirstHitting, Threshold, TopKConfidence
+from sandbox.samplers import Ancestral, ARSampler, BD3LMSampler, FirstHitting, Threshold, TopKConfidence
 from sandbox.samplers.base import OBJECTIVE_FAMILY, compile_sampler
 from sandbox.train import split_model
 
 SAMPLERS = ("ar", "ar_nocache", "mdm_ancestral", "mdm_topk_confidence", "mdm_first_hitting",
-            "mdm_threshold")
-FAMILY_OF = {"ar": "ar", "ar_nocache": "ar"} | {s: "mdm" for s in SAMPLERS if s.startswith("mdm")}
-OBJECTIVE_OF = {"ar": "ar", "mdm": "mdlm"}
+            "mdm_threshold", "bd3lm")
+FAMILY_OF = ({"ar": "ar", "ar_nocache": "ar", "bd3lm": "bd3lm"}
+             | {s: "mdm" for s in SAMPLERS if s.startswith("mdm")})
+OBJECTIVE_OF = {"ar": "ar", "mdm": "mdlm", "bd3lm": "bd3lm"}
+RUN_FLAG = {"ar": "--ar-run", "mdm": "--mdm-run", "bd3lm": "--bd3lm-run"}
 FWD_LOOP = 4              # forwards per call of the in-loop bare-forward reference
 STEP_TARGET = 1.15        # figure (a): time per diffusion step <= 1.15 x one bare forward
 N_EXAMPLES, EXAMPLE_CHARS = 2, 400   # decoded samples kept per distribution with --quality
@@ -99,7 +103,8 @@ PRESETS = {
 }
 DEFAULTS = dict(samplers=",".join(SAMPLERS), lengths="64,128,256,512", length=128, batches="1,32",
                 taus="0.7,0.8,0.9,0.95", tau=0.9, steps_div="16,8,4,2,1", steps_batches="1",
-                length_div=8, blocks="16,32,64", nocache_tokens=64, prompt_len=0, warmup=1, repeats=5,
+                length_div=8, blocks="16,32,64", bd3lm_blocks="4,16,64", nocache_tokens=64, prompt_len=0,
+                warmup=1, repeats=5,
                 max_seconds=2.0, fwd_repeats=3, max_call_s=20.0, quality_samples=32,
                 quality_seconds=30.0)
 
@@ -161,6 +166,8 @@ class Point:
 
 def describe_settings(kind: str, s) -> str:
     """Short label of the settings that matter for each sampler."""
+    if kind == "bd3lm":
+        return f"block={s.block_size} {describe_settings(s.inner.name, s.inner)}"
     if kind in ("ar", "ar_nocache"):
         out = ["cache" if s.use_cache else "no cache"]
         out += [f"T={s.temperature:g}"] if s.temperature != 1 else []
@@ -203,14 +210,14 @@ def load_subject(family: str, run_dir: str | None, model_name: str, overrides: l
     except ImportError:
         raise UserError(f"--{family}-run needs sandbox.runs.load_run, which this checkout lacks; "
                         "drop the flag to time randomly initialised models") from None
-    flag = "--ar-run" if family == "ar" else "--mdm-run"
+    flag = RUN_FLAG[family]
     if not Path(run_dir).is_dir():
         raise UserError(f"{flag} {run_dir}: no such folder; pass a run folder written by python -m "
                         "sandbox.train")
     run = load_run(run_dir)
     fam = OBJECTIVE_FAMILY.get(run.objective.name)
     if fam != family:
-        other = {"ar": "--ar-run", "mdm": "--mdm-run"}.get(fam, "neither flag")
+        other = RUN_FLAG.get(fam, "none of the run flags")
         raise UserError(f"{flag} {run_dir}: trained with objective={run.objective.name}; pass it as "
                         f"{other}")
     return Subject(family, run.objective.name, run.graphdef, run.params, run.tokenizer, run.model,
@@ -284,6 +291,16 @@ def plan(o, subjects: dict[str, Subject]) -> list[Point]:
                 add("steps", "mdm_topk_confidence", TopKConfidence(steps=s), b, L0)
     if "mdm_first_hitting" in S:
         add("steps", "mdm_first_hitting", FirstHitting(), 1, L0)
+    if "bd3lm" in S:  # stop_at_eos off: every block is generated, so timings compare
+        def bd3lm(bs):
+            return BD3LMSampler(block_size=bs, inner=Ancestral(steps=max(1, bs // o.length_div)),
+                                stop_at_eos=False)
+
+        for bs in [b for b in o.bd3lm_blocks if b <= g0]:
+            add("block", "bd3lm", bd3lm(bs), 1, L0)
+        bs0 = 16 if 16 <= g0 else min(o.bd3lm_blocks)
+        for b in o.batches:
+            add("batch", "bd3lm", bd3lm(bs0), b, L0)
     if "mdm_threshold" in S:
         for L in o.lengths:
             add("length", "mdm_threshold", Threshold(tau=o.tau), 1, L)
@@ -620,7 +637,8 @@ def format_summary(s: dict, rows: list[dict], skipped: list[dict], refs: dict, r
         lines.append(f"    skipped: {sk['label']} {sk['settings_text']} batch {sk['batch']} "
                      f"length {sk['length']}: {sk['reason']}")
     if random_fams:
-        lines.append(f"note: {', '.join(random_fams)} weights are random (no --ar-run/--mdm-run): speed "
+        flags = "/".join(RUN_FLAG.values())
+        lines.append(f"note: {', '.join(random_fams)} weights are random (no {flags}): speed "
                      "does not depend on the weights, except mdm_threshold's NFE (no token reaches tau, so "
                      "one token per call) and ancestral's skipped calls; quality figures of random weights "
                      "mean nothing")
@@ -652,6 +670,7 @@ def add_arguments(p) -> None:
     d = "(default %(default)s)"
     p.add_argument("--ar-run", default=None, help="trained objective=ar run folder (default: random)")
     p.add_argument("--mdm-run", default=None, help="trained objective=mdlm run folder (default: random)")
+    p.add_argument("--bd3lm-run", default=None, help="trained objective=bd3lm run folder (default: random)")
     p.add_argument("--model", default="tiny", help="conf/model/ name of the random models " + d)
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="Hydra override for the random models, e.g. -o model.n_layers=2 (repeatable)")
@@ -669,6 +688,8 @@ def add_arguments(p) -> None:
     p.add_argument("--length-div", type=int, default=None,
                    help="ancestral steps in the length and batch sweeps = generated / this (8)")
     p.add_argument("--blocks", default=None, help="semi-AR block sizes of the block sweep (16,32,64; '')")
+    p.add_argument("--bd3lm-blocks", default=None,
+                   help="bd3lm block sizes (4,16,64); ancestral inside, block/--length-div steps per block")
     p.add_argument("--prompt-len", type=int, default=None, help="random prompt tokens before the output (0)")
     p.add_argument("--nocache-tokens", type=int, default=None,
                    help="ar_nocache generates the last N tokens of each length (64; 0 = all)")
@@ -716,6 +737,7 @@ def resolve(args) -> argparse.Namespace:
     o.batches = _ints(o.batches, "--batches", 1)
     o.steps_div = _ints(o.steps_div, "--steps-div", 1)
     o.blocks = _ints(o.blocks, "--blocks", 1)
+    o.bd3lm_blocks = _ints(o.bd3lm_blocks, "--bd3lm-blocks", 1)
     o.taus = _floats(o.taus, "--taus")
     if not o.lengths or not o.batches:
         raise UserError("--lengths and --batches must each name at least one value")
@@ -745,7 +767,7 @@ def run(args) -> dict:
     if o.quality:
         _quality_module()
     fams = sorted({FAMILY_OF[s] for s in o.samplers})
-    runs = {"ar": args.ar_run, "mdm": args.mdm_run}
+    runs = {"ar": args.ar_run, "mdm": args.mdm_run, "bd3lm": args.bd3lm_run}
     subjects = {f: load_subject(f, runs[f], args.model, args.override, args.seed) for f in fams}
     for f, s in subjects.items():
         need = max(s.forward_len(L) for L in [*o.lengths, o.length])

@@ -19,9 +19,10 @@ Design choices:
 - **One compiled function**: every batch has ``batch_size`` rows (the last one is cut after
   generation, not recompiled); batch ``i`` uses key ``fold_in(PRNGKey(seed), i)``, so a
   sample depends only on (run step, sampler settings, seed, batch size, its index).
-- **No sampler given**: ``ar`` for an AR run, ``mdm_ancestral`` for an MDLM run; the
-  default's ``steps`` is lowered to the number of generated tokens when the output is
-  shorter than it (an explicitly chosen sampler is never adjusted).
+- **No sampler given**: ``ar`` for an AR run, ``mdm_ancestral`` for an MDLM run, ``bd3lm``
+  (with the run's block size) for a BD3LM run; the default's ``steps`` is lowered to the
+  number of generated tokens when the output is shorter than it (an explicitly chosen
+  sampler is never adjusted).
 - **Files are written whole or not at all** (temp file + rename). The default name is
   ``<sampler>-<hash>-seed<seed>.jsonl`` where the hash covers the sampler settings,
   length, prompt, number of samples, weights and checkpoint step, so different settings
@@ -52,7 +53,7 @@ from sandbox.runs import LoadedRun, load_run
 from sandbox.samplers import Sampler, compile_sampler
 
 # The sampler used when none is named, per training objective.
-DEFAULT_SAMPLER = {"ar": "ar", "mdlm": "mdm_ancestral"}
+DEFAULT_SAMPLER = {"ar": "ar", "mdlm": "mdm_ancestral", "bd3lm": "bd3lm"}
 
 
 @dataclass
@@ -120,6 +121,8 @@ def setup(cfg, *, prompt=None) -> Setup:
     gen = length - len(prompt_ids)
     if auto and getattr(sampler, "uses_steps", False) and 0 < gen < sampler.steps:
         sampler = sampler.replace(steps=gen)
+    if auto and hasattr(sampler, "for_objective"):  # e.g. bd3lm: the checkpoint's block size
+        sampler = sampler.for_objective(run.objective)
     sampler.check(objective=run.objective.name, length=length, prompt_len=len(prompt_ids))
     if length > run.seq_len:
         print(f"note: length={length} is longer than the run's train.seq_len={run.seq_len}")

@@ -142,3 +142,84 @@ def test_block_decoding_with_the_exact_cache_matches_the_training_forward():
         _, kv = model.decode_block(x[:, s:s + 4], cache, s)
         cache = model.commit(cache, kv, s)
     np.testing.assert_allclose(np.concatenate(got, 1), want, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- the sampler
+from sandbox.samplers import BD3LMSampler, FirstHitting, Threshold, TopKConfidence  # noqa: E402
+from sandbox.samplers.base import compile_sampler  # noqa: E402
+from sandbox.samplers.mdm import Ancestral  # noqa: E402
+
+
+class _FullForward:
+    """The decode protocol built from the one-pass training forward: the 'cache' is the
+    clean token canvas, and a block's logits come from model([z ; x], BlockDiffusionMask).
+    A reference for the sampler's use of decode_block / commit with real keys/values."""
+
+    def __init__(self, model, bs):
+        self.model, self.bs, self.vocab_size = model, bs, model.vocab_size
+
+    def init_cache(self, b, total):
+        return jnp.zeros((b, total), jnp.int32)
+
+    def decode_block(self, tokens, cache, start):
+        b, n = cache.shape
+        z = jax.lax.dynamic_update_slice_in_dim(cache, tokens, start, axis=1)
+        pos = jnp.broadcast_to(jnp.concatenate([jnp.arange(n), jnp.arange(n)]), (b, 2 * n))
+        out = self.model(jnp.concatenate([z, cache], 1), mask_kind=BlockDiffusionMask(self.bs),
+                         positions=pos)
+        return jax.lax.dynamic_slice_in_dim(out, start, tokens.shape[1], axis=1), tokens
+
+    def commit(self, cache, kv, start):
+        return jax.lax.dynamic_update_slice_in_dim(cache, kv, start, axis=1)
+
+
+@pytest.mark.parametrize("inner", [Ancestral(steps=4), TopKConfidence(steps=2), Threshold(tau=0.5),
+                                   FirstHitting()], ids=lambda s: s.name)
+def test_sampler_with_the_kv_cache_matches_the_training_forward(inner):
+    model = _model()
+    s = BD3LMSampler(block_size=4, inner=inner, stop_at_eos=False).bind(TOK)
+    s.check(objective="bd3lm", length=12, prompt_len=2)
+    prompt = jnp.array([[65, 66], [67, 68]], jnp.int32)
+    key = jax.random.PRNGKey(7)
+    got, nfe = jax.jit(lambda k: s.generate(model, k, prompt, 12))(key)
+    ref, nfe_ref = jax.jit(lambda k: s.generate(_FullForward(model, 4), k, prompt, 12))(key)
+    got = np.asarray(got)
+    assert (got[:, :2] == np.asarray(prompt)).all()
+    assert not (got == TOK.mask_id).any()
+    assert np.mean(got == np.asarray(ref)) > 0.95
+    assert int(nfe) == int(nfe_ref) >= 3 + 3   # at least one call per block plus 3 commits
+
+
+def test_sampler_stops_after_the_block_where_every_sequence_ended():
+    class EOSModel(_FullForward):
+        def decode_block(self, tokens, cache, start):
+            logits = jnp.zeros((*tokens.shape, self.vocab_size)).at[..., TOK.eos_id].set(30.0)
+            return logits, tokens
+
+    s = BD3LMSampler(block_size=4, inner=Ancestral(steps=2)).bind(TOK)
+    out, nfe = s.generate(EOSModel(_model(), 4), jax.random.PRNGKey(0), jnp.zeros((2, 0), jnp.int32), 16)
+    assert (np.asarray(out) == TOK.eos_id).all()              # never-generated blocks: EOS, no mask
+    assert int(nfe) <= 2 + 1                                    # one block only
+    s2 = s.replace(stop_at_eos=False)
+    _, nfe2 = s2.generate(EOSModel(_model(), 4), jax.random.PRNGKey(0), jnp.zeros((2, 0), jnp.int32), 16)
+    assert int(nfe2) > int(nfe)
+
+
+def test_compiled_sampler_on_a_real_backbone_and_default_block_size():
+    g, params = nnx.split(_model(), nnx.Param)
+    s = BD3LMSampler().bind(TOK).for_objective(BD3LM(block_size=8))
+    assert s.block_size == 8 and s.inner.steps == 8
+    out, nfe = compile_sampler(s, g, 24)(params, jax.random.PRNGKey(0), jnp.zeros((3, 0), jnp.int32))
+    assert out.shape == (3, 24) and not (np.asarray(out) == TOK.mask_id).any() and int(nfe) > 0
+
+
+@pytest.mark.parametrize("s,kw,words", [
+    (BD3LMSampler(), {"objective": "mdlm"}, "objective=mdlm"),
+    (BD3LMSampler(block_size=40), {}, "sampler.block_size"),
+    (BD3LMSampler(block_size=4, inner=Ancestral(steps=8)), {}, "sampler.inner.steps"),
+    (BD3LMSampler(inner=Ancestral(steps=4, block_size=2)), {}, "sampler.inner.block_size"),
+    (BD3LMSampler(inner=Threshold(tau=1.5)), {}, "sampler.tau"),
+])
+def test_sampler_bad_settings_are_one_line_errors(s, kw, words):
+    with pytest.raises(UserError, match=words.replace(".", r"\.")):
+        s.bind(TOK).check(**{"objective": "bd3lm", "length": 32, "prompt_len": 0, **kw})

@@ -124,3 +124,17 @@ def test_bad_flags_are_one_line(tmp_path, capsys, flags, first_words):
     err = capsys.readouterr().err.strip()
     assert err.startswith(first_words) and "\n" not in err, err
     assert not any(tmp_path.iterdir())  # nothing written for a bad flag
+
+
+def test_bd3lm_points_time_block_diffusion_with_its_cache(tmp_path):
+    r = bench.main(["gen", "--samplers", "bd3lm", "--lengths", "16", "--length", "16", "--batches", "1",
+                    "--bd3lm-blocks", "4,8,32", "--length-div", "4", "--repeats", "1", "--max-seconds", "0",
+                    "--fwd-repeats", "1", "--out", str(tmp_path), *OVR])
+    rows = {x["settings"]["block_size"]: x for x in r["rows"]}
+    assert set(rows) == {4, 8, 16}                   # 32 > the 16 generated tokens: not planned
+    assert rows[16]["sweeps"] == ["batch"] and rows[4]["sweeps"] == ["block"]   # batches: block 16
+    for bs, row in rows.items():
+        steps = max(1, bs // 4)
+        assert row["settings"]["inner"]["steps"] == steps
+        assert row["nfe"] <= (16 // bs) * (steps + 1)   # per block: <= steps calls + one commit
+        assert row["nfe"] >= 16 // bs + 1 and row["family"] == "bd3lm"

@@ -30,7 +30,8 @@ MASK_ID = 258  # ByteTokenizer
 def runs(tmp_path_factory, sandbox_cache) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     out = {}
-    for name, extra in (("ar", ["objective=ar", "train.train_split=test"]), ("mdlm", ["objective=mdlm"])):
+    for name, extra in (("ar", ["objective=ar", "train.train_split=test"]), ("mdlm", ["objective=mdlm"]),
+                        ("bd3lm", ["objective=bd3lm", "objective.block_size=8"])):
         cfg = compose([*TINY, *extra, f"cache_dir={sandbox_cache}", "train.eval_every=6",
                        "train.ckpt_every=6"])
         run(cfg, root / name, [])
@@ -104,6 +105,18 @@ def test_default_sampler_follows_the_objective(runs):
     s = sample_mod.setup(sample_cfg(f"run_dir={runs['mdlm']}"))
     assert s.sampler.name == "mdm_ancestral" and s.sampler.steps == 32  # 64 lowered to the length
     assert s.sampler.mask_id == MASK_ID and s.length == 32
+
+
+def test_bd3lm_run_samples_with_its_block_size_by_default(runs, tmp_path):
+    s = sample_mod.setup(sample_cfg(f"run_dir={runs['bd3lm']}"))
+    assert s.sampler.name == "bd3lm" and s.sampler.block_size == 8 and s.sampler.inner.steps == 8
+    out = tmp_path / "s.jsonl"
+    sample_mod.task(sample_cfg(f"run_dir={runs['bd3lm']}", "num_samples=3", "batch_size=3", f"out={out}"))
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    samples = [r for r in recs if "tokens" in r]
+    assert len(samples) == 3 and all(MASK_ID not in r["tokens"] and len(r["tokens"]) == 32 for r in samples)
+    with pytest.raises(UserError, match="trained with objective=bd3lm"):
+        sample_mod.setup(sample_cfg(f"run_dir={runs['bd3lm']}", "sampler=mdm_ancestral"))
 
 
 @pytest.mark.parametrize("which,overrides,words", [

@@ -2,7 +2,8 @@
 
 from sandbox.samplers.ar import ARSampler
 from sandbox.samplers.base import Sampler, compile_sampler
+from sandbox.samplers.bd3lm import BD3LMSampler
 from sandbox.samplers.mdm import Ancestral, FirstHitting, Threshold, TopKConfidence
 
-__all__ = ["ARSampler", "Ancestral", "FirstHitting", "Sampler", "Threshold", "TopKConfidence",
+__all__ = ["ARSampler", "Ancestral", "BD3LMSampler", "FirstHitting", "Sampler", "Threshold", "TopKConfidence",
            "compile_sampler"]

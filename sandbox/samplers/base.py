@@ -22,7 +22,7 @@ from sandbox.errors import UserError
 from sandbox.samplers.categorical import check_precision
 
 # Which sampler families can read a checkpoint trained with each objective.
-OBJECTIVE_FAMILY = {"ar": "ar", "mdlm": "mdm"}
+OBJECTIVE_FAMILY = {"ar": "ar", "mdlm": "mdm", "bd3lm": "bd3lm"}
 
 
 class Sampler:
