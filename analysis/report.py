@@ -9,6 +9,9 @@ is idempotent: the same runs give the same report. A missing input leaves a labe
 in the report instead of a crash.
 
 Sections (each a function that returns Markdown, so later analyses add a section):
+- headline (``analysis.scaling``): diffusion-to-AR perplexity ratio per byte at matched
+  training FLOPs for each budget (compute-optimal size of each objective; AR interpolated at
+  the diffusion run's FLOPs when budgets differ), next to published ratios at far larger scale;
 - bits per byte: final held-out figure per run (AR exact; diffusion an upper bound with
   its Monte-Carlo standard error), with steps, tokens and training FLOPs;
 - learning curves: held-out bits per byte against training FLOPs and train loss
@@ -21,7 +24,17 @@ Sections (each a function that returns Markdown, so later analyses add a section
   per token vs length with and without the KV cache, (c) ``mdm_threshold`` vs AR, a table
   of every point, the statistics and a few of the timed samples, and the plots of
   ``analysis.speed`` (quality vs NFE / latency with Pareto fronts, throughput vs batch,
-  latency vs output length, step / forward).
+  latency vs output length, step / forward);
+- held-out bits per byte vs tokens and vs FLOPs per objective and size; IsoFLOP curves and
+  the power-law fit per objective with its confidence intervals; data repetition (bits per
+  byte vs epochs at fixed unique data) (``analysis.scaling``);
+- code edits: exact match and latency vs diff size from ``<run>/eval_edits*.jsonl``
+  (``analysis.edits``, which documents the expected lines);
+- runs: every flagged run folder (unfinished, unknown objective, unreadable), left out of
+  the fits.
+
+Every section reads the tidy table of ``analysis.load.load_runs`` (``ctx["table"]``) or the
+raw records of ``load_metrics`` (``df``).
 
 A section is a function ``(df, out, ctx)`` (or ``(df)`` / ``(df, out)``) returning
 Markdown; ``ctx`` carries the runs pattern and folders. A section that fails becomes a
@@ -41,13 +54,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis import speed  # noqa: E402
+from analysis.edits import section_edits  # noqa: E402
 from analysis.load import (  # noqa: E402
     final_evals,
     find_bench_gen,
     find_runs,
     load_metrics,
     load_quality,
+    load_runs,
     read_jsonl,
+)
+from analysis.scaling import (  # noqa: E402
+    section_curves,
+    section_headline,
+    section_repetition,
+    section_runs,
+    section_scaling,
 )
 from sandbox.errors import UserError, exit_on_user_error  # noqa: E402
 
@@ -272,7 +294,8 @@ def section_speed(df: pd.DataFrame, out: Path, ctx: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
-SECTIONS = [section_bpb, plot_curves, section_quality, section_speed]
+SECTIONS = [section_headline, section_bpb, plot_curves, section_curves, section_scaling, section_repetition,
+            section_quality, section_speed, section_edits, section_runs]
 
 
 def build_report(runs_glob: str | list[str], out: str | Path, title: str = "Report") -> Path:
@@ -283,9 +306,13 @@ def build_report(runs_glob: str | list[str], out: str | Path, title: str = "Repo
                         "results match; train first or fix the pattern")
     out.mkdir(parents=True, exist_ok=True)
     df = load_metrics(runs)
-    ctx = {"runs_glob": runs_glob, "runs": runs}
+    ctx = {"runs_glob": runs_glob, "runs": runs, "table": load_runs(runs)}
     parts = [f"# {title}", "", f"Runs: {len(runs)} (from `{runs_glob}`). Regenerate with "
-             f"`python -m analysis.report runs_glob='{runs_glob}' out={out}`.", ""]
+             f"`python -m analysis.report runs_glob='{runs_glob}' out={out}`.", "",
+             "Held-out bits per byte: AR figures are exact negative log-likelihoods; **diffusion "
+             "figures (mdlm, bd3lm) are upper bounds** (negative ELBO), reported with their Monte-Carlo "
+             "standard error.",
+             ""]
     for section in SECTIONS:
         n = section.__code__.co_argcount
         try:
