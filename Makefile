@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := runs/demo
 
-.PHONY: setup demo test test-all lint bench bench-train bench-gen report clean
+.PHONY: setup demo test test-all lint bench bench-train bench-gen report clean gpu-check
 
 setup: $(STAMP)
 
@@ -44,8 +44,17 @@ bench-gen: $(STAMP)
 
 bench: bench-train bench-gen
 
+# on a GPU machine (pip install -e '.[cuda]' first): one step per objective, every sampler,
+# speed at one point, report + figures in runs/gpu_check/<time>/; fails at once without a GPU
+gpu-check: $(STAMP)
+	PYTHON=$(BIN)/python scripts/gpu_check.sh $(GPU_CHECK_OUT)
+
+# the comparison report (report.md + PNGs) from run folders; reads them only, never trains, e.g.
+# make report REPORT_RUNS='runs/scaling_cpu/**' REPORT_OUT=runs/scaling_cpu/report
+REPORT_RUNS ?= runs/**
+REPORT_OUT  ?= runs/report
 report: $(STAMP)
-	$(BIN)/python -m analysis.report 'runs_glob=runs/**' out=runs/report
+	$(BIN)/python -m analysis.report 'runs_glob=$(REPORT_RUNS)' out=$(REPORT_OUT)
 
 clean:
 	rm -rf runs .cache

@@ -27,6 +27,12 @@ Protocol (DESIGN.md, "Speed protocol"):
 - Each row records the 1-minute load average before and after it: on a shared machine
   a number measured under load is not a property of the code.
 
+Meshes (``--mesh single,dp,fsdp``): the step is the trainer's sharded step on
+``sandbox.mesh``'s layout, batches split over the devices. ``--cpu-devices 8`` fakes 8 CPU
+devices (they share the machine's cores, so on a CPU this measures the overhead of
+sharding, not a speed-up). ``--checkpoint`` times saving and restoring the whole train
+state (``sandbox.checkpoint.Checkpointer``, as the trainer does) instead of steps.
+
 ``bench_nnx_vs_jit`` times the same step written four ways (the sandbox's jax.jit over
 split state; idiomatic ``nnx.jit`` + ``nnx.Optimizer``; the latter with
 ``nnx.cached_partial``; ``nnx.jit(graph=False)`` tree mode), round-robin so that every
@@ -39,8 +45,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -57,11 +65,13 @@ from sandbox import flops as flops_lib
 from sandbox.cli import CONF_DIR, check_overrides
 from sandbox.data.tokenizers import ByteTokenizer
 from sandbox.errors import UserError
+from sandbox.mesh import build_layout
 from sandbox.optim import make_optimizer
 from sandbox.runinfo import atomic_write_text, env_info, git_info
 from sandbox.train import (
     build_model,
     build_objective,
+    init_sharded_state,
     init_state,
     make_train_step,
     split_model,
@@ -175,8 +185,11 @@ def _summary(times: list[float]) -> dict:
 def bench_train(model_name: str, objective_name: str, batch_size: int = 32, seq_len: int = 256,
                 steps: int = 10, attention: str | None = None, *, overrides=(), warmup: int = 1,
                 max_seconds: float | None = None, min_steps: int = 3, peak_gflops: float | None = None,
-                peak_n: int = 2048, peak_repeats: int = 2, seed: int = 0) -> dict:
+                peak_n: int = 2048, peak_repeats: int = 2, seed: int = 0, mesh: str | None = None) -> dict:
     """Time ``sandbox.train``'s train step for one model/objective at ``[batch_size, seq_len]``.
+
+    ``mesh`` (``single``, ``dp``, ``fsdp``): the trainer's sharded step on that layout, with
+    the state placed and the batches split over the devices (None: the plain jitted step).
 
     Runs up to ``steps`` timed steps; with ``max_seconds``, stops early once at least
     ``min_steps`` were timed and their total passes ``max_seconds`` (so a slow device runs
@@ -191,7 +204,11 @@ def bench_train(model_name: str, objective_name: str, batch_size: int = 32, seq_
     """
     _check_shape(batch_size, seq_len, steps)
     load0 = _loadavg()
-    cfg = compose_config(model_name, objective_name, overrides, attention)
+    cfg = compose_config(model_name, objective_name, [*overrides, *([f"mesh={mesh}"] if mesh else [])],
+                         attention)
+    layout = build_layout(cfg.mesh) if mesh else None
+    if layout is not None:
+        layout.check_batch(batch_size, "--batch")
     model, objective, tokenizer = build(cfg, seq_len, seed)
     fpt = flops_lib.train_flops_per_token(model, seq_len, objective)
     dtype = str(jnp.dtype(model.dtype))
@@ -199,12 +216,14 @@ def bench_train(model_name: str, objective_name: str, batch_size: int = 32, seq_
     peak_times = [peak_timer[0]() for _ in range(peak_repeats)] if peak_timer else []
     tx, _ = make_optimizer(cfg.optim, int(cfg.train.steps))
     graphdef, params = split_model(model)
-    state = init_state(params, tx)
+    state = init_state(params, tx) if layout is None else init_sharded_state(params, tx, layout)
     impl = str(getattr(model, "cfg", {}).get("impl") or _attention_of(cfg))
     n_params = model.n_params(non_embedding=True)
     del model, params  # the state owns the arrays now (and donates them)
-    train_step = make_train_step(graphdef, objective, tx, float(cfg.train.ema_decay))
+    train_step = make_train_step(graphdef, objective, tx, float(cfg.train.ema_decay), layout, state)
     inputs = random_inputs(warmup + steps, batch_size, seq_len, tokenizer.n_text, seed)
+    if layout is not None:
+        inputs = jax.block_until_ready([(layout.full_batch(b), layout.replicate(k)) for b, k in inputs])
 
     t0 = time.perf_counter()
     step = train_step.lower(state, *inputs[0]).compile()
@@ -228,6 +247,8 @@ def bench_train(model_name: str, objective_name: str, batch_size: int = 32, seq_
                                  "steps")
     row = {"kind": "train", "model": str(cfg.model.name), "objective": objective.name,
            "attention": impl, "dtype": dtype, "batch": batch_size, "seq": seq_len,
+           "mesh": mesh, "mesh_shape": dict(layout.mesh.shape) if layout else None,
+           "devices": jax.device_count(),
            "overrides": list(overrides), "params": n_params, "flops_per_token": fpt,
            "compile_s": compile_s, **_summary(times)}
     row["tokens_per_s"] = batch_size * seq_len / (row["step_ms"] / 1e3)
@@ -244,6 +265,63 @@ def bench_train(model_name: str, objective_name: str, batch_size: int = 32, seq_
     row.update(loss=loss, warmup_steps=warmup, load_before=load0, load_after=_loadavg(),
                backend=jax.default_backend(), device=jax.devices()[0].device_kind)
     return row
+
+
+def bench_checkpoint(model_name: str, objective_name: str = "ar", repeats: int = 3, *, overrides=(),
+                     mesh: str | None = None, root: str | Path | None = None, seed: int = 0) -> dict:
+    """Seconds to save and to restore the whole train state (params, EMA, AdamW moments, step)
+    of one model with the trainer's ``Checkpointer`` (synchronous Orbax save, then a restore
+    onto the same shardings), median of ``repeats``, in a temporary folder under ``root``.
+    The state's float arrays are filled with noise first, like a trained state's (zeros
+    would compress to nothing on disk)."""
+    from sandbox.checkpoint import Checkpointer
+
+    if repeats < 1:
+        raise UserError(f"--ckpt-repeats {repeats} must be at least 1")
+    cfg = compose_config(model_name, objective_name, [*overrides, *([f"mesh={mesh}"] if mesh else [])])
+    layout = build_layout(cfg.mesh)
+    model, _, _ = build(cfg, 2, seed)
+    tx, _ = make_optimizer(cfg.optim, int(cfg.train.steps))
+    _, params = split_model(model)
+    state = init_sharded_state(params, tx, layout)
+    # a trained state's moments are not zeros (which compress to nothing): fill every float
+    # array with noise, keeping its placement
+    noisy = lambda st: jax.tree.map(  # noqa: E731
+        lambda x: x + jax.random.normal(jax.random.PRNGKey(x.size), x.shape, x.dtype)
+        if jnp.issubdtype(x.dtype, jnp.floating) else x, st)
+    shardings = layout.shardings(state)
+    state = jax.block_until_ready(jax.jit(noisy, in_shardings=(shardings,), out_shardings=shardings)(state))
+    leaves = jax.tree.leaves(state)
+    nbytes = sum(int(x.nbytes) for x in leaves)
+    if root is not None:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ckpt-", dir=root))
+    saves, restores = [], []
+    try:
+        ck = Checkpointer(tmp / "checkpoints")
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            ck.save(i + 1, state)
+            saves.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            restored, _ = ck.restore(state, step=i + 1)
+            jax.block_until_ready(restored)
+            restores.append(time.perf_counter() - t0)
+        ck.close()
+        after = jax.tree.leaves(restored)
+        same = all(bool(jnp.array_equal(a, b)) for a, b in zip(leaves, after, strict=True))
+        disk = sum(f.stat().st_size for f in (tmp / "checkpoints" / str(repeats)).rglob("*") if f.is_file())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not same:
+        raise RuntimeError(f"{model_name}: the restored state differs from the saved one")
+    return {"kind": "checkpoint", "model": str(cfg.model.name), "objective": objective_name,
+            "mesh": layout.name, "mesh_shape": dict(layout.mesh.shape), "devices": jax.device_count(),
+            "params": model.n_params(non_embedding=False), "state_bytes": nbytes, "disk_bytes": disk,
+            "save_s": statistics.median(saves), "restore_s": statistics.median(restores),
+            "save_s_samples": [round(t, 4) for t in saves],
+            "restore_s_samples": [round(t, 4) for t in restores],
+            "load_after": _loadavg(), "backend": jax.default_backend()}
 
 
 def _attention_of(cfg) -> str:
@@ -309,6 +387,55 @@ def _make_variant(name, cfg, objective, tokenizer, tx, seed):
     if name not in NNX_VARIANTS:
         raise UserError(f"unknown NNX variant '{name}' (choose from {', '.join(NNX_VARIANTS)})")
     return lambda batch, key: step(model, optimizer, ema, batch, key)
+
+
+def bench_mesh_pairs(model_name: str, objective_name: str, meshes, batch_size: int = 32, seq_len: int = 256,
+                     rounds: int = 5, *, overrides=(), warmup: int = 1, seed: int = 0) -> list[dict]:
+    """The trainer's step on each of ``meshes`` (``single`` first), timed round-robin (one step
+    of each per round, the order rotated), so that a shared machine's load hits all alike.
+    Per mesh: median step, and ``ratio`` = median over rounds of single's step time / this
+    mesh's in the same round (tokens/s relative to mesh=single; paired, so a slow round
+    cancels out). The losses after the last round must agree (same steps, same data)."""
+    meshes = ["single", *[m for m in meshes if m != "single"]]
+    _check_shape(batch_size, seq_len, rounds)
+    subjects = {}
+    for me in meshes:
+        cfg = compose_config(model_name, objective_name, [*overrides, f"mesh={me}"])
+        layout = build_layout(cfg.mesh)
+        layout.check_batch(batch_size, "--batch")
+        model, objective, tokenizer = build(cfg, seq_len, seed)
+        tx, _ = make_optimizer(cfg.optim, int(cfg.train.steps))
+        graphdef, params = split_model(model)
+        state = init_sharded_state(params, tx, layout)
+        step = make_train_step(graphdef, objective, tx, float(cfg.train.ema_decay), layout, state)
+        inputs = random_inputs(warmup + rounds, batch_size, seq_len, tokenizer.n_text, seed)
+        inputs = jax.block_until_ready([(layout.full_batch(b), layout.replicate(k)) for b, k in inputs])
+        t0 = time.perf_counter()
+        compiled = step.lower(state, *inputs[0]).compile()
+        subjects[me] = {"layout": layout, "step": compiled, "state": state, "inputs": inputs,
+                        "compile_s": time.perf_counter() - t0, "times": []}
+    load0 = _loadavg()
+    for i in range(warmup + rounds):
+        for j in range(len(meshes)):
+            sub = subjects[meshes[(i + j) % len(meshes)]]
+            t0 = time.perf_counter()
+            sub["state"], sub["m"] = sub["step"](sub["state"], *sub["inputs"][i])
+            jax.block_until_ready((sub["state"], sub["m"]))
+            if i >= warmup:
+                sub["times"].append(time.perf_counter() - t0)
+    base = subjects["single"]
+    rows = []
+    for me in meshes:
+        sub = subjects[me]
+        ratio = statistics.median(b / t for b, t in zip(base["times"], sub["times"], strict=True))
+        rows.append({"kind": "mesh_pairs", "model": model_name, "objective": objective_name, "mesh": me,
+                     "mesh_shape": dict(sub["layout"].mesh.shape), "devices": jax.device_count(),
+                     "batch": batch_size, "seq": seq_len, "compile_s": sub["compile_s"],
+                     **_summary(sub["times"]),
+                     "tokens_per_s": batch_size * seq_len / statistics.median(sub["times"]),
+                     "ratio": ratio, "loss": float(sub["m"]["loss"]), "load_before": load0,
+                     "load_after": _loadavg(), "step_ms_samples": [round(1e3 * t, 2) for t in sub["times"]]})
+    return rows
 
 
 def bench_nnx_vs_jit(model_name: str = "tiny", objective_name: str = "ar", batch_size: int = 32,
@@ -425,11 +552,20 @@ NNX_COLUMNS = [("variant", "variant", "{}"), ("how", "how", "{}"), ("step ms", "
                ("loss", "loss", "{:.5f}")]
 
 
+PAIR_COLUMNS = [("model", "model", "{}"), ("objective", "objective", "{}"), ("mesh", "mesh", "{}"),
+                ("shape", "mesh_shape", "{}"), ("tokens/s", "tokens_per_s", "{:,.0f}"),
+                ("step ms", "step_ms", "{:,.1f}"), ("vs single", "ratio", "{:.3f}"),
+                ("loss", "loss", "{:.5f}")]
+CKPT_COLUMNS = [("model", "model", "{}"), ("mesh", "mesh", "{}"), ("devices", "devices", "{}"),
+                ("state MB", "state_mb", "{:,.1f}"), ("disk MB", "disk_mb", "{:,.1f}"),
+                ("save s", "save_s", "{:.3f}"), ("restore s", "restore_s", "{:.3f}")]
+
+
 def format_table(rows: list[dict], columns) -> str:
     cells = [[h for h, _, _ in columns]]
     for r in rows:
-        cells.append([fmt.format(r[k]).replace("%", "") if k.startswith("mfu") else fmt.format(r[k])
-                      for _, k, fmt in columns])
+        cells.append([fmt.format(r[k]).replace("%", "") if k.startswith("mfu") else
+                      "-" if r.get(k) is None else fmt.format(r[k]) for _, k, fmt in columns])
     widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
     lines = []
     for j, row in enumerate(cells):
@@ -447,6 +583,44 @@ def log(msg: str) -> None:
 # --- the `train` subcommand of `python -m sandbox.bench` -----------------------------------------
 def _csv(text: str | None) -> list[str]:
     return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def _print_mesh_ratios(rows: list[dict]) -> None:
+    """tokens/s of each mesh relative to mesh=single at the same point."""
+    point = lambda r: (r["model"], r["objective"], r["attention"])  # noqa: E731
+    base = {point(r): r["tokens_per_s"] for r in rows if r["mesh"] == "single"}
+    lines = [f"  {r['model']}/{r['objective']} mesh={r['mesh']} {r['mesh_shape']}: "
+             f"{r['tokens_per_s'] / base[point(r)]:.2f}x mesh=single"
+             for r in rows if r["mesh"] != "single" and point(r) in base]
+    if lines:
+        print(f"\ntokens/s relative to mesh=single ({rows[0]['devices']} {jax.default_backend()} devices):")
+        print("\n".join(lines))
+
+
+def _run_checkpoint(args, meshes) -> dict:
+    models = _csv(args.models)
+    if not models:
+        raise UserError("--models is empty; give e.g. --models tiny,small")
+    for m in models:
+        for me in meshes:
+            compose_config(m, "ar", [*args.override, *([f"mesh={me}"] if me else [])])
+    res = Results(args.out, "checkpoint", meta={"argv": sys.argv[1:], "models": models, "mesh": meshes,
+                                                "repeats": args.ckpt_repeats, "devices": jax.device_count()})
+    rows = []
+    for m in models:
+        for me in meshes:
+            log(f"checkpoint {m}" + (f" mesh={me}" if me else "") + f": {args.ckpt_repeats} save/restore "
+                "pairs ...")
+            row = bench_checkpoint(m, "ar", args.ckpt_repeats, overrides=args.override, mesh=me,
+                                   root=args.out)
+            row.update(state_mb=row["state_bytes"] / 2**20, disk_mb=row["disk_bytes"] / 2**20)
+            rows.append(res.add(row))
+            log(f"  save {row['save_s']:.3f} s, restore {row['restore_s']:.3f} s ({row['state_mb']:,.1f} MB)")
+    print(f"\nCheckpoint save / restore of the whole train state ({jax.default_backend()}, median of "
+          f"{args.ckpt_repeats}):")
+    print(format_table(rows, CKPT_COLUMNS))
+    print(f"\nresults: {res.path}")
+    return {"dir": str(res.dir), "checkpoint": rows}
 
 
 def add_arguments(p) -> None:
@@ -472,9 +646,30 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default="runs/bench", help="results go to <out>/train-<timestamp>/ (runs/bench)")
     p.add_argument("--quick", action="store_true",
                    help="a fast check: tiny only, batch 8, seq 64, 3 timed steps, small peak matmul")
+    p.add_argument("--mesh", default=None,
+                   help="comma-separated conf/mesh/ layouts to time the trainer's sharded step on, e.g. "
+                        "single,dp,fsdp (default: the plain jitted step)")
+    p.add_argument("--mesh-rounds", type=int, default=5,
+                   help="with several --mesh: also time them round-robin for this many rounds (5; 0: no)")
+    p.add_argument("--cpu-devices", type=int, default=None,
+                   help="fake this many CPU devices (jax_num_cpu_devices; they share the cores)")
+    p.add_argument("--checkpoint", action="store_true",
+                   help="time checkpoint save and restore of each model's train state instead of steps")
+    p.add_argument("--ckpt-repeats", type=int, default=3, help="save/restore pairs per model (3)")
 
 
 def run(args) -> dict:
+    if args.cpu_devices is not None:
+        if args.cpu_devices < 1:
+            raise UserError(f"--cpu-devices {args.cpu_devices} must be at least 1")
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before any device is touched
+    meshes = _csv(args.mesh) or [None]
+    for m in meshes:
+        if m is not None and not (Path(CONF_DIR) / "mesh" / f"{m}.yaml").exists():
+            raise UserError(f"--mesh: unknown layout '{m}' (choose from "
+                            f"{', '.join(sorted(p.stem for p in (Path(CONF_DIR) / 'mesh').glob('*.yaml')))})")
+    if args.checkpoint:
+        return _run_checkpoint(args, meshes)
     if args.quick:
         args.models, args.batch, args.seq, args.steps, args.max_seconds = "tiny", 8, 64, 3, 0
         args.nnx_steps, args.peak_n = 3, args.peak_n or 1024
@@ -498,24 +693,28 @@ def run(args) -> dict:
     peak_n = args.peak_n or (2048 if jax.default_backend() == "cpu" else 8192)
     if peak_n < 1:
         raise UserError(f"--peak-n {peak_n} must be positive")
-    points = [(m, o, a) for m in models for o in objectives for a in attns]
+    points = [(m, o, a, me) for m in models for o in objectives for a in attns for me in meshes]
     cfgs = {}
-    for m, o, a in points + ([] if args.no_nnx else [(args.nnx_model, "ar", None)]):
-        cfgs[(m, o, a)] = cfg = compose_config(m, o, args.override, a)  # every flag checked before any work
+    for m, o, a, me in points + ([] if args.no_nnx else [(args.nnx_model, "ar", None, None)]):
+        ov = [*args.override, *([f"mesh={me}"] if me else [])]
+        cfgs[(m, o, a, me)] = cfg = compose_config(m, o, ov, a)  # every flag checked before any work
         check_buildable(cfg, args.seq)
+        if me:
+            build_layout(cfg.mesh).check_batch(args.batch, "--batch")
     max_s = args.max_seconds if args.max_seconds and args.max_seconds > 0 else None
 
     res = Results(args.out, "train", meta={"argv": sys.argv[1:], "models": models, "objectives": objectives,
                                            "attention": attns, "batch": args.batch, "seq": args.seq,
                                            "steps": args.steps, "max_seconds": max_s,
-                                           "overrides": args.override, "cpu_count": os.cpu_count()})
+                                           "overrides": args.override, "cpu_count": os.cpu_count(),
+                                           "mesh": meshes, "devices": jax.device_count()})
     dev = jax.devices()[0]
     log(f"device: {jax.default_backend()} {dev.device_kind} x{jax.device_count()}, cpus {os.cpu_count()}, "
         f"load {_loadavg()}")
     peaks = {}  # a reference measured up front; each row divides by its own interleaved peak
     train_rows = []
-    for m, o, a in points:
-        cfg = cfgs[(m, o, a)]
+    for m, o, a, me in points:
+        cfg = cfgs[(m, o, a, me)]
         dtype = str(jnp.dtype(str(cfg.model.get("dtype", "float32"))))
         if dtype not in peaks:
             log(f"matmul peak (reference): {peak_n}x{peak_n} {dtype} ...")
@@ -525,9 +724,10 @@ def run(args) -> dict:
                      "load_before": load0, "load_after": _loadavg(), "backend": jax.default_backend(),
                      "device": dev.device_kind})
             log(f"  {peaks[dtype]:,.1f} GFLOP/s")
-        log(f"train {m}/{o}" + (f" attention={a}" if a else "") + f" batch {args.batch} seq {args.seq} ...")
+        log(f"train {m}/{o}" + (f" attention={a}" if a else "") + (f" mesh={me}" if me else "")
+            + f" batch {args.batch} seq {args.seq} ...")
         row = bench_train(m, o, args.batch, args.seq, args.steps, a, overrides=args.override,
-                          warmup=args.warmup, max_seconds=max_s, peak_n=peak_n)
+                          warmup=args.warmup, max_seconds=max_s, peak_n=peak_n, mesh=me)
         train_rows.append(res.add(row))
         log(f"  {row['step_ms']:,.1f} ms/step, {row['tokens_per_s']:,.0f} tokens/s, MFU {row['mfu']:.1%} "
             f"of {row['peak_gflops']:,.1f} GFLOP/s (compile {row['compile_s']:.1f} s, "
@@ -541,7 +741,22 @@ def run(args) -> dict:
     print(f"\nTraining speed ({jax.default_backend()}: {dev.device_kind}, {os.cpu_count()} cpus; MFU against "
           f"the best n={peak_n} matmul timed between the steps of each row; up-front reference "
           + ", ".join(f"{v:,.1f} GFLOP/s {k}" for k, v in peaks.items()) + ")")
-    print(format_table(train_rows, TRAIN_COLUMNS))
+    columns = (TRAIN_COLUMNS if meshes == [None]
+               else TRAIN_COLUMNS[:3] + [("mesh", "mesh", "{}")] + TRAIN_COLUMNS[3:])
+    print(format_table(train_rows, columns))
+    if meshes != [None]:
+        _print_mesh_ratios(train_rows)
+    pair_rows = []
+    if len([m for m in meshes if m]) > 1 and args.mesh_rounds > 0:
+        named = [x for x in meshes if x]
+        for m, o in [(m, o) for m in models for o in objectives]:
+            log(f"meshes round-robin: {m}/{o} {','.join(named)}, {args.mesh_rounds} rounds ...")
+            rows = bench_mesh_pairs(m, o, named, args.batch, args.seq, args.mesh_rounds,
+                                    overrides=args.override)
+            pair_rows += [res.add(r) for r in rows]
+        print(f"\nSame step on each mesh, round-robin ({args.mesh_rounds} rounds; vs single = median paired "
+              "ratio of tokens/s)")
+        print(format_table(pair_rows, PAIR_COLUMNS))
     if nnx_rows:
         r0 = nnx_rows[0]
         print(f"\nSame train step, NNX vs jax.jit ({r0['model']}/{r0['objective']}, batch {r0['batch']}, "
@@ -553,4 +768,4 @@ def run(args) -> dict:
               f"({'within' if nnx['ratio'] <= 1.10 else 'NOT within'} 10%); nnx.jit host overhead "
               f"{extra:+.1f} ms per call = {extra / r0['step_ms']:+.2%} of a step")
     print(f"\nload average (1 min): {_loadavg()}; results: {res.path}")
-    return {"dir": str(res.dir), "train": train_rows, "nnx": nnx_rows}
+    return {"dir": str(res.dir), "train": train_rows, "nnx": nnx_rows, "mesh_pairs": pair_rows}

@@ -8,7 +8,11 @@ Layout of a run folder (``hydra.run.dir``)::
     env.json           python / package versions, devices, hostname
     shapes.json        parameter paths and shapes (checked on resume)
     metrics.jsonl      one JSON object per line: train and eval records
-    checkpoints/       Orbax checkpoints (atomic; newest two kept)
+    checkpoints/       Orbax checkpoints (atomic; newest two kept; every process writes its shards)
+    checkpoints-unreadable/  a newest step that could not be read, set aside on resume
+
+Only process 0 of a multi-process run writes these files (``MetricsLog(enabled=...)``,
+``write_run_files``); checkpoints are written by every process.
 
 ``MetricsLog`` appends JSON lines and, on resume, drops lines past the restored step so a
 resumed run's log reads exactly like an uninterrupted one.

@@ -9,6 +9,12 @@ are pure functions of ``(seed, step)``, so a run resumed from a checkpoint conti
 exactly as if never stopped. Evaluation uses the EMA weights and reports held-out bits
 per byte (an upper bound, with its Monte-Carlo standard error, for diffusion).
 
+Devices: ``mesh=single|dp|fsdp`` (``sandbox.mesh``) places the state by the parameters'
+logical axes and splits every global batch over the devices; each process gathers only
+its own rows of a batch. Several processes (``dist`` config, SLURM, TPU slices) share one
+run folder: process 0 writes metrics and run files, every process takes part in
+checkpoints, and a stop signal seen by any process stops all of them at the same step.
+
 Everything that can be wrong with the inputs is checked before the run folder is
 written; a bad input ends with one line (``sandbox.errors``) and, for a fresh run,
 leaves no folder behind.
@@ -17,6 +23,7 @@ leaves no folder behind.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import sys
@@ -37,6 +44,7 @@ from sandbox.checkpoint import Checkpointer, describe_state, restore_run
 from sandbox.cli import hydra_entry, instantiate, require_int
 from sandbox.data import check_seq_len, eval_batches, get_batch, prepare
 from sandbox.errors import UserError
+from sandbox.mesh import build_layout, init_distributed, is_main_process
 from sandbox.optim import make_optimizer
 from sandbox.runinfo import MetricsLog, read_metrics, write_run_files
 
@@ -74,14 +82,32 @@ def init_state(params, tx):
             "step": jnp.zeros((), jnp.int32)}
 
 
-def make_train_step(graphdef, objective, tx, ema_decay: float):
-    """state, batch[B, L], key -> (state, metrics). Pure; jitted with the state donated."""
+def init_sharded_state(params, tx, layout):
+    """``init_state`` placed on ``layout``'s mesh: the parameters are moved there first and the
+    EMA copy and optimizer moments are created in place (never whole on one device)."""
+    params = layout.place(params)
+    init = lambda p: init_state(p, tx)  # noqa: E731
+    return jax.jit(init, out_shardings=layout.shardings(jax.eval_shape(init, params)))(params)
+
+
+def make_train_step(graphdef, objective, tx, ema_decay: float, layout=None, state=None):
+    """state, batch[B, L], key -> (state, metrics). Pure; jitted with the state donated.
+
+    With a ``layout`` (``sandbox.mesh.Layout``) and an example ``state``, the step is jitted
+    with the state's shardings in and out (batch split over the data-parallel devices, key
+    and metrics replicated); it gathers the parameters once and constrains the gradients
+    back to the parameters' layout (FSDP: all-gather, then reduce-scatter)."""
+    p_shard = layout.shardings(state["params"]) if layout is not None else None
 
     def step_fn(state, batch, key):
         def loss_fn(p):
+            if layout is not None:
+                p = jax.lax.with_sharding_constraint(p, layout.replicated)
             return objective.loss(nnx.merge(graphdef, p), batch, key)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        if layout is not None:
+            grads = jax.lax.with_sharding_constraint(grads, p_shard)
         updates, opt = tx.update(grads, state["opt"], state["params"])
         params = jax.tree.map(lambda p, u: p + u, state["params"], updates)
         step = state["step"] + 1
@@ -91,22 +117,34 @@ def make_train_step(graphdef, objective, tx, ema_decay: float):
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
         return {"params": params, "ema": ema, "opt": opt, "step": step}, metrics
 
-    return jax.jit(step_fn, donate_argnums=0)
+    if layout is None:
+        return jax.jit(step_fn, donate_argnums=0)
+    s_shard = layout.shardings(state)
+    return jax.jit(step_fn, donate_argnums=0,
+                   in_shardings=(s_shard, layout.batch_sharding(), layout.replicated),
+                   out_shardings=(s_shard, layout.replicated))
 
 
-def make_eval_fn(graphdef, objective, draws: int):
-    """params, batch[B, L], key -> per-sequence nats/token draws [K, B]."""
-    return jax.jit(lambda p, batch, key: objective.nll(nnx.merge(graphdef, p), batch, key, draws))
+def make_eval_fn(graphdef, objective, draws: int, layout=None):
+    """params, batch[B, L], key -> per-sequence nats/token draws [K, B] (replicated on a mesh)."""
+    fn = lambda p, batch, key: objective.nll(nnx.merge(graphdef, p), batch, key, draws)  # noqa: E731
+    return jax.jit(fn) if layout is None else jax.jit(fn, out_shardings=layout.replicated)
 
 
 def evaluate(eval_fn, params, tokens, tokens_per_byte, *, batch_size, seq_len, max_batches, key,
-             exact: bool) -> dict:
+             exact: bool, layout=None) -> dict:
     """Held-out bits per byte. For a bound with K draws per sequence, the standard error is
-    the Monte-Carlo error of the estimate given the data: sqrt(sum_b var_k(v[k,b]) / K) / N."""
+    the Monte-Carlo error of the estimate given the data: sqrt(sum_b var_k(v[k,b]) / K) / N.
+    Every process reads the same windows (``layout.full_batch`` splits them over the devices)."""
     draws = []
     for i, batch in enumerate(eval_batches(tokens, batch_size=batch_size, seq_len=seq_len,
                                            max_batches=max_batches)):
-        draws.append(np.asarray(eval_fn(params, jnp.asarray(batch), jax.random.fold_in(key, i))))
+        k = jax.random.fold_in(key, i)
+        if layout is None:
+            batch = jnp.asarray(batch)
+        else:
+            batch, k = layout.full_batch(batch), layout.replicate(k)
+        draws.append(np.asarray(eval_fn(params, batch, k)))
     v = np.concatenate(draws, axis=1).astype(np.float64)  # [K, N]
     k, n = v.shape
     nats = float(v.mean())
@@ -121,18 +159,29 @@ def evaluate(eval_fn, params, tokens, tokens_per_byte, *, batch_size, seq_len, m
 
 
 # --- the run --------------------------------------------------------------------------------
+def _preempt_signal() -> signal.Signals:
+    """SLURM's warning before a time limit, as submitit sets it up (``--signal=USR2@...``)."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper()
+    return getattr(signal, name if name.startswith("SIG") else f"SIG{name}", signal.SIGUSR2)
+
+
 class _Stop:
-    """SIGTERM / SIGINT set a flag; the loop checkpoints and exits at the next step."""
+    """SIGTERM / SIGINT (and SLURM's pre-timeout signal, USR2 under submitit) set a flag; the
+    loop checkpoints and exits at the next step. With several processes the flag is shared
+    (any process stopped stops all, at the same step), since checkpoints are collective.
+
+    After the checkpoint, :meth:`chain` hands the signal to the handler that was installed
+    before (submitit's: requeue the job), so a preempted SLURM job resumes by itself."""
 
     def __init__(self):
         self.signum = None
         self._old = {}
 
     def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
+        for s in {signal.SIGTERM, signal.SIGINT, _preempt_signal()}:
             try:
                 self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
+            except (ValueError, OSError):  # not the main thread
                 pass
         return self
 
@@ -140,6 +189,23 @@ class _Stop:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: stop now
         self.signum = signum
+
+    def stopped(self) -> bool:
+        """True on every process once any process got a signal (one tiny collective per step
+        when there are several processes; nothing otherwise)."""
+        if jax.process_count() == 1:
+            return self.signum is not None
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
+        if self.signum is None and flags.max() > 0:
+            self.signum = int(flags.max())
+        return bool(flags.max() > 0)
+
+    def chain(self) -> None:
+        old = self._old.get(self.signum)
+        if callable(old) and old is not signal.default_int_handler:
+            old(self.signum, None)
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -161,20 +227,26 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     fresh = not any(run_dir.iterdir())
+    main = True
     try:
+        init_distributed(cfg.get("dist"))  # before anything touches a device
+        main = is_main_process()
         setup = _setup(cfg, run_dir)
     except BaseException:
-        if fresh:  # nothing half-written: a fresh run folder that failed to start goes away
+        if fresh and main:  # nothing half-written: a fresh run folder that failed to start goes away
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    if fresh or not (run_dir / "config.yaml").exists():
+    if main and (fresh or not (run_dir / "config.yaml").exists()):
         write_run_files(run_dir, OmegaConf.to_yaml(cfg, resolve=True), overrides or [], setup["shapes"])
     return _loop(cfg, run_dir, setup)
 
 
 # Keys a resumed run may change: they affect reporting, not the trajectory.
+# A checkpoint restores onto any mesh and any number of processes, so mesh and dist may change
+# (the losses then differ from the original layout's only by float summation order).
 RESUME_MAY_CHANGE = ("cache_dir", "train.progress", "train.eval_every", "train.ckpt_every",
-                     "train.log_every", "train.eval_batches", "train.eval_batch_size", "train.eval_draws")
+                     "train.log_every", "train.eval_batches", "train.eval_batch_size", "train.eval_draws",
+                     "mesh.", "dist.")
 
 
 def _flat(d, prefix=""):
@@ -210,6 +282,8 @@ def _setup(cfg, run_dir: Path) -> dict:
     seq_len = require_int(t, "seq_len", "train.seq_len", minimum=2)
     for f in ("eval_every", "ckpt_every", "log_every", "eval_draws", "eval_batches", "eval_batch_size"):
         require_int(t, f, f"train.{f}", minimum=1)
+    layout = build_layout(cfg.get("mesh"))
+    layout.check_batch(batch_size)
     data, tokenizer = build_data(cfg)
     split = str(t.get("train_split", "train"))
     if split not in data.splits:
@@ -225,36 +299,44 @@ def _setup(cfg, run_dir: Path) -> dict:
     steps = resolve_steps(cfg, fpt)
     tx, sched = make_optimizer(cfg.optim, steps)
     graphdef, params = split_model(model)
-    state = init_state(params, tx)
+    state = init_sharded_state(params, tx, layout)
     shapes = describe_state(state)
-    restored, step = restore_run(run_dir, state, check=lambda: check_same_run(cfg, run_dir))
+    main = is_main_process()
+    if main and layout.name != "single":
+        print(layout.describe(params))
+    restored, step = restore_run(run_dir, state, check=lambda: check_same_run(cfg, run_dir), owner=True)
     if restored is not None:
         state = restored
-        print(f"resuming {run_dir} from step {step}")
+        if main:
+            print(f"resuming {run_dir} from step {step}")
     return dict(data=data, tokenizer=tokenizer, model=model, objective=objective, graphdef=graphdef,
                 state=state, tx=tx, sched=sched, steps=steps, fpt=fpt, shapes=shapes,
-                seed=seed, batch_size=batch_size, seq_len=seq_len, train_split=split)
+                seed=seed, batch_size=batch_size, seq_len=seq_len, train_split=split, layout=layout)
 
 
 def _loop(cfg, run_dir: Path, s: dict) -> dict:
     t = cfg.train
-    data, objective, state = s["data"], s["objective"], s["state"]
+    data, objective, state, layout = s["data"], s["objective"], s["state"], s["layout"]
     steps, bs, sl, fpt = s["steps"], s["batch_size"], s["seq_len"], s["fpt"]
-    ckpt = Checkpointer(run_dir / "checkpoints")
-    log = MetricsLog(run_dir / "metrics.jsonl", enabled=jax.process_index() == 0)
+    main = is_main_process()
+    ckpt = Checkpointer(run_dir / "checkpoints", owner=True)
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=main)
     start = int(state["step"])
     log.rewind(start)
-    train_step = make_train_step(s["graphdef"], objective, s["tx"], float(t.ema_decay))
-    eval_fn = make_eval_fn(s["graphdef"], objective, int(t.eval_draws))
+    train_step = make_train_step(s["graphdef"], objective, s["tx"], float(t.ema_decay), layout, state)
+    eval_fn = make_eval_fn(s["graphdef"], objective, int(t.eval_draws), layout)
     base_key = jax.random.PRNGKey(s["seed"])
     eval_key = jax.random.fold_in(jax.random.PRNGKey(s["seed"]), 10**9)  # same masks every eval
     tpb_val = data.tokens_per_byte("val")
     train_split = s["train_split"]
     tokens_per_step = bs * sl
+    rows = layout.process_rows(bs)  # this process's block of rows of every global batch
+    slot, slots = rows or (0, 1)
 
     def do_eval(step):
         r = evaluate(eval_fn, state["ema"], data.splits["val"], tpb_val, batch_size=int(t.eval_batch_size),
-                     seq_len=sl, max_batches=int(t.eval_batches), key=eval_key, exact=objective.exact)
+                     seq_len=sl, max_batches=int(t.eval_batches), key=eval_key, exact=objective.exact,
+                     layout=layout)
         rec = {"kind": "eval", "step": step, **r, "tokens": step * tokens_per_step,
                "flops": step * tokens_per_step * fpt, "weights": "ema"}
         log.write(rec)
@@ -267,17 +349,18 @@ def _loop(cfg, run_dir: Path, s: dict) -> dict:
                    "total_steps": steps, "tokens_per_step": tokens_per_step,
                    "tokens_per_byte_val": tpb_val, "val_sequences_per_eval": int(t.eval_batches) * int(
                        t.eval_batch_size), "true_bpb": data.manifest.get("true_bpb")})
-    bar = tqdm(total=steps, initial=start, disable=not t.progress, dynamic_ncols=True,
+    bar = tqdm(total=steps, initial=start, disable=not (t.progress and main), dynamic_ncols=True,
                desc=f"{objective.name}", mininterval=1.0)
     acc, n_acc = 0.0, 0
     t_last, step_last = None, start
     stopped = None
     with _Stop() as stop:
         for step in range(start + 1, steps + 1):
-            batch = get_batch(data.splits[train_split], seed=s["seed"], step=step, batch_size=bs, seq_len=sl,
-                              process_index=jax.process_index(), process_count=jax.process_count())
+            local = get_batch(data.splits[train_split], seed=s["seed"], step=step, batch_size=bs, seq_len=sl,
+                              process_index=slot, process_count=slots)
             t0 = time.perf_counter()
-            state, m = train_step(state, jnp.asarray(batch), jax.random.fold_in(base_key, step))
+            batch = layout.batch(local, (bs, sl)) if rows else layout.full_batch(local)
+            state, m = train_step(state, batch, layout.replicate(jax.random.fold_in(base_key, step)))
             if t_last is None:  # first step of this process: includes compilation
                 jax.block_until_ready(m["loss"])
                 compile_s = time.perf_counter() - t0
@@ -300,14 +383,16 @@ def _loop(cfg, run_dir: Path, s: dict) -> dict:
             bar.update(1)
             if step % t.eval_every == 0 or step == steps:
                 last_eval = do_eval(step)
-                bar.write(f"step {step}: val_bpb {last_eval['val_bpb']:.4f}"
-                          + (f" ± {last_eval['val_bpb_stderr']:.4f} (upper bound)"
-                             if "val_bpb_stderr" in last_eval else ""))
+                if main:
+                    bar.write(f"step {step}: val_bpb {last_eval['val_bpb']:.4f}"
+                              + (f" ± {last_eval['val_bpb_stderr']:.4f} (upper bound)"
+                                 if "val_bpb_stderr" in last_eval else ""))
                 t_last = time.perf_counter()  # eval time is not training time
-            if step % t.ckpt_every == 0 or step == steps or stop.signum is not None:
-                ckpt.save(step, state)
+            stopping = stop.stopped()
+            if step % t.ckpt_every == 0 or step == steps or stopping:
+                ckpt.save(step, state)  # every process writes its shards
                 t_last = time.perf_counter()
-            if stop.signum is not None:
+            if stopping:
                 stopped = (stop.signum, step)
                 break
     bar.close()
@@ -316,6 +401,7 @@ def _loop(cfg, run_dir: Path, s: dict) -> dict:
         signum, step = stopped
         print(f"stopped by signal {signum} at step {step}; checkpoint saved, run the same command to resume",
               file=sys.stderr)
+        stop.chain()  # the handler that was there before (submitit's requeues the job and exits)
         sys.exit(128 + signum)
     if last_eval is None:
         last_eval = next((r for r in reversed(read_metrics(log.path)) if r.get("kind") == "eval"), {})
@@ -327,7 +413,26 @@ def task(cfg: DictConfig) -> dict:
     return run(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
 
 
+SUBMITIT_LAUNCHERS = ("slurm", "local", "submitit_slurm", "submitit_local")
+
+
+def check_launcher(args: list[str]) -> None:
+    """``hydra/launcher=slurm|local`` needs the ``[slurm]`` extra: say so in one line."""
+    chosen = [a.split("=", 1)[1] for a in args if a.lstrip("+~").startswith("hydra/launcher=")]
+    if any(c in SUBMITIT_LAUNCHERS for c in chosen):
+        try:
+            import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+        except ImportError:
+            raise UserError(f"hydra/launcher={chosen[-1]} needs hydra-submitit-launcher: "
+                            "pip install -e '.[slurm]'") from None
+
+
 def main() -> None:
+    try:
+        check_launcher(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     hydra_entry(task, config_name="config")
 
 
