@@ -290,6 +290,13 @@ def _setup(cfg, run_dir: Path) -> dict:
         raise UserError(f"train.train_split={split!r}: choose one of {', '.join(data.splits)}")
     check_seq_len(data.splits[split], seq_len, split)
     check_seq_len(data.splits["val"], seq_len, "val")
+    train_tokens = data.splits[split]
+    if t.get("unique_tokens") is not None:  # data repetition: windows from a fixed prefix only
+        u = require_int(t, "unique_tokens", "train.unique_tokens", minimum=seq_len + 1)
+        if u > len(train_tokens):
+            raise UserError(f"train.unique_tokens={u} exceeds the {len(train_tokens)} tokens of the "
+                            f"{split} split; lower it or leave it null (the whole split)")
+        train_tokens = train_tokens[:u]
     model = build_model(cfg, tokenizer, seed)
     if seq_len > model.max_len:
         raise UserError(f"train.seq_len={seq_len} exceeds model.max_len={model.max_len}; "
@@ -311,7 +318,8 @@ def _setup(cfg, run_dir: Path) -> dict:
             print(f"resuming {run_dir} from step {step}")
     return dict(data=data, tokenizer=tokenizer, model=model, objective=objective, graphdef=graphdef,
                 state=state, tx=tx, sched=sched, steps=steps, fpt=fpt, shapes=shapes,
-                seed=seed, batch_size=batch_size, seq_len=seq_len, train_split=split, layout=layout)
+                seed=seed, batch_size=batch_size, seq_len=seq_len, train_split=split, layout=layout,
+                train_tokens=train_tokens)
 
 
 def _loop(cfg, run_dir: Path, s: dict) -> dict:
@@ -328,7 +336,6 @@ def _loop(cfg, run_dir: Path, s: dict) -> dict:
     base_key = jax.random.PRNGKey(s["seed"])
     eval_key = jax.random.fold_in(jax.random.PRNGKey(s["seed"]), 10**9)  # same masks every eval
     tpb_val = data.tokens_per_byte("val")
-    train_split = s["train_split"]
     tokens_per_step = bs * sl
     rows = layout.process_rows(bs)  # this process's block of rows of every global batch
     slot, slots = rows or (0, 1)
@@ -348,7 +355,8 @@ def _loop(cfg, run_dir: Path, s: dict) -> dict:
                    "params_non_embedding": s["model"].n_params(), "train_flops_per_token": fpt,
                    "total_steps": steps, "tokens_per_step": tokens_per_step,
                    "tokens_per_byte_val": tpb_val, "val_sequences_per_eval": int(t.eval_batches) * int(
-                       t.eval_batch_size), "true_bpb": data.manifest.get("true_bpb")})
+                       t.eval_batch_size), "true_bpb": data.manifest.get("true_bpb"),
+                   "unique_tokens": int(len(s["train_tokens"]))})
     bar = tqdm(total=steps, initial=start, disable=not (t.progress and main), dynamic_ncols=True,
                desc=f"{objective.name}", mininterval=1.0)
     acc, n_acc = 0.0, 0
@@ -356,7 +364,7 @@ def _loop(cfg, run_dir: Path, s: dict) -> dict:
     stopped = None
     with _Stop() as stop:
         for step in range(start + 1, steps + 1):
-            local = get_batch(data.splits[train_split], seed=s["seed"], step=step, batch_size=bs, seq_len=sl,
+            local = get_batch(s["train_tokens"], seed=s["seed"], step=step, batch_size=bs, seq_len=sl,
                               process_index=slot, process_count=slots)
             t0 = time.perf_counter()
             batch = layout.batch(local, (bs, sl)) if rows else layout.full_batch(local)

@@ -279,3 +279,18 @@ def test_train_split_selects_the_data_and_a_bad_one_is_refused(uninterrupted, sa
     a = [r["train_loss"] for r in records(uninterrupted["ar"], "train")]
     b = [r["train_loss"] for r in records(d, "train")]
     assert len(a) == len(b) and a != b  # same seed and model, other data
+
+
+def test_unique_tokens_caps_the_training_data_and_is_recorded(uninterrupted, sandbox_cache, tmp_path):
+    with pytest.raises(UserError, match="train.unique_tokens"):
+        run(tiny_cfg("ar", "train.unique_tokens=100000000", cache=sandbox_cache), tmp_path / "big")
+    assert not (tmp_path / "big").exists()
+    d = tmp_path / "rep"
+    cfg = tiny_cfg("ar", "train.unique_tokens=200", cache=sandbox_cache)
+    run(cfg, d)
+    meta = records(d, "meta")[0]
+    assert meta["unique_tokens"] == 200 > cfg.train.seq_len
+    assert records(uninterrupted["ar"], "meta")[0]["unique_tokens"] > 200  # the whole split
+    a = [r["train_loss"] for r in records(uninterrupted["ar"], "train")]
+    b = [r["train_loss"] for r in records(d, "train")]
+    assert len(a) == len(b) and a != b
