@@ -13,7 +13,15 @@ Implementations:
   Chunk boundaries are static, so the loop unrolls at trace time into L/C matmuls.
 - ``auto``: ``cudnn`` on GPU with a half-precision dtype, ``chunked`` elsewhere.
 
-Softmax is computed in float32 whatever the input dtype.
+Softmax is computed in float32 whatever the input dtype. Values may have another head
+width than queries and keys (multi-head latent attention); the output has the values' width.
+
+Sliding windows (``window=w > 0``, Beltagy et al. 2020; Mistral): a causal query at
+position i sees keys ``i - w < j <= i``, a bidirectional one ``|i - j| < w``, and a
+structured mask is ANDed with the band ``|pos_i - pos_j| < w`` over the positions it
+declares (``positions(l)``; the block-diffusion mask's two halves both carry 0..n-1).
+The chunked kernel then reads only the keys inside the band of each query chunk. The
+decoding masks (``prefill_masks``, ``step_masks``, ``block_masks``) apply the same band.
 """
 
 from __future__ import annotations
@@ -56,6 +64,10 @@ class BlockDiffusionMask:
         bq, bk, cq, ck = blk[:, None], blk[None, :], clean[:, None], clean[None, :]
         return ((~cq & ~ck & (bq == bk)) | (~cq & ck & (bk < bq)) | (cq & ck & (bk <= bq)))
 
+    def positions(self, l: int):
+        """Token positions of the l = 2n rows: 0..n-1 for x_t, then 0..n-1 for x_0."""
+        return jnp.arange(l) % (l // 2)
+
 
 def mask_name(mask_kind) -> str:
     """The family name of a mask: the string itself, or a mask object's ``kind``."""
@@ -80,9 +92,31 @@ def _softmax(s):
     return e / jnp.sum(e, axis=-1, keepdims=True)
 
 
+def band(qpos, kpos, window: int, causal: bool):
+    """bool[T, S]: the sliding-window band between query positions qpos[T] and key
+    positions kpos[S] (``i - w < j <= i`` causal, ``|i - j| < w`` otherwise); all True
+    when ``window`` is 0. Positions may be traced (decoding)."""
+    qpos, kpos = jnp.asarray(qpos)[:, None], jnp.asarray(kpos)[None, :]
+    if causal:
+        ok = kpos <= qpos
+        return ok & (kpos > qpos - window) if window else ok
+    if not window:
+        return jnp.ones((qpos.shape[0], kpos.shape[1]), bool)
+    return jnp.abs(qpos - kpos) < window
+
+
+def _mask_positions(mask_kind, n: int):
+    pos = getattr(mask_kind, "positions", None)
+    if pos is None:
+        raise UserError(f"model.window does not support the '{mask_name(mask_kind)}' mask (it "
+                        "declares no token positions); set model.window=0")
+    return pos(n)
+
+
 def _dense(q, k, v, mask):
     """Heads-major attention. q[B, K, M, D] (M = G query heads x L queries folded together),
-    k/v[B, K, S, D], mask bool[M, S] or None -> [B, K, M, D]. 4-D batched matmuls only."""
+    k[B, K, S, D], v[B, K, S, Dv], mask bool[M, S] or None -> [B, K, M, Dv]. 4-D batched
+    matmuls only."""
     q = q * (1.0 / math.sqrt(q.shape[-1]))  # scale the [M, D] queries, not the [M, S] scores
     s = jnp.einsum("bkmd,bksd->bkms", q, k, preferred_element_type=jnp.float32)
     if mask is not None:
@@ -90,53 +124,68 @@ def _dense(q, k, v, mask):
     return jnp.einsum("bkms,bksd->bkmd", _softmax(s).astype(v.dtype), v)
 
 
-def _chunked(q, k, v, mask_kind: str, chunk: int):
-    """q[B, L, H, D], k/v[B, S, K, D] -> [B, L, H, D].
+def _chunked(q, k, v, mask_kind: str, chunk: int, window: int = 0):
+    """q[B, L, H, D], k[B, S, K, D], v[B, S, K, Dv] -> [B, L, H, Dv].
 
     Heads-major layout inside (one transpose in, one out): on XLA:CPU the batched matmuls
     over [B, K] are much faster than dot_generals over the [B, L, H, D] layout. The G query
     heads that share a key/value head are stacked along the query axis, so grouped-query
-    attention is the same 4-D matmul as multi-head attention."""
+    attention is the same 4-D matmul as multi-head attention. With a sliding ``window``
+    each query chunk reads only the keys of its band."""
     b, l, h, d = q.shape
-    s, kh = k.shape[1], k.shape[2]
+    s, kh, dv = k.shape[1], k.shape[2], v.shape[3]
     g = h // kh
     qt = q.reshape(b, l, kh, g, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, L, D]
     kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, S, D]
 
-    def block(i, j, kv_end, mask):
+    def block(i, j, kv_start, kv_end, mask):
         qi = qt[:, :, :, i:j].reshape(b, kh, g * (j - i), d)
         if mask is not None:
             mask = jnp.tile(mask, (g, 1))
-        return _dense(qi, kt[:, :, :kv_end], vt[:, :, :kv_end], mask).reshape(b, kh, g, j - i, d)
+        return _dense(qi, kt[:, :, kv_start:kv_end], vt[:, :, kv_start:kv_end],
+                      mask).reshape(b, kh, g, j - i, dv)
 
     if not isinstance(mask_kind, str):  # a structured mask object: dense mask rows per chunk
         full = mask_kind.array(l, s)
+        if window:
+            full = full & band(_mask_positions(mask_kind, l), _mask_positions(mask_kind, s),
+                               window, causal=False)
         c = max(chunk, 512)
-        outs = [block(i, min(i + c, l), s, full[i:min(i + c, l)]) for i in range(0, l, c)]
+        outs = [block(i, min(i + c, l), 0, s, full[i:min(i + c, l)]) for i in range(0, l, c)]
     elif mask_kind == "bidirectional":
-        c = max(chunk, 512)  # no FLOPs to skip: chunk only to bound memory on long inputs
-        outs = [block(i, min(i + c, l), s, None) for i in range(0, l, c)]
+        if window:  # chunks of queries read the keys within the window of the chunk
+            outs = []
+            for i in range(0, l, chunk):
+                j = min(i + chunk, l)
+                k0, k1 = max(0, i - window + 1), min(s, j + window - 1)
+                outs.append(block(i, j, k0, k1, band(jnp.arange(i, j), jnp.arange(k0, k1),
+                                                     window, causal=False)))
+        else:
+            c = max(chunk, 512)  # no FLOPs to skip: chunk only to bound memory on long inputs
+            outs = [block(i, min(i + c, l), 0, s, None) for i in range(0, l, c)]
     else:
         off = s - l  # queries aligned to the end of the keys (cached prefixes)
         outs = []
         for i in range(0, l, chunk):
             j = min(i + chunk, l)
             kv_end = off + j
-            mask = jnp.arange(kv_end)[None, :] <= jnp.arange(i, j)[:, None] + off
-            outs.append(block(i, j, kv_end, mask))
+            kv_start = max(0, off + i - window + 1) if window else 0
+            mask = band(jnp.arange(i, j) + off, jnp.arange(kv_start, kv_end), window, causal=True)
+            outs.append(block(i, j, kv_start, kv_end, mask))
     o = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
-    return o.transpose(0, 3, 1, 2, 4).reshape(b, l, h, d)
+    return o.transpose(0, 3, 1, 2, 4).reshape(b, l, h, dv)
 
 
 def attend_segments(q, segments):
     """Attention of T queries over keys held in several buffers, without concatenating them.
 
-    q[B, T, H, D]; segments: (k[B, K, S_i, D], v[B, K, S_i, D], mask bool[T, S_i]) per
+    q[B, T, H, D]; segments: (k[B, K, S_i, D], v[B, K, S_i, Dv], mask bool[T, S_i]) per
     buffer (heads-major, the cache layout). The scores of all segments share one softmax.
     Decoding uses it to read a static cache and the token's own keys (or a small per-chunk
-    buffer) as separate operands, so the large cache is never rewritten to be read."""
+    buffer) as separate operands, so the large cache is never rewritten to be read.
+    Returns [B, T, H, Dv]."""
     b, t, h, d = q.shape
-    kh = segments[0][0].shape[1]
+    kh, dv = segments[0][0].shape[1], segments[0][1].shape[-1]
     g = h // kh
     qt = q.reshape(b, t, kh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, d)
     qt = qt * (1.0 / math.sqrt(d))
@@ -151,7 +200,31 @@ def attend_segments(q, segments):
     for (_, v, _), n in zip(segments, sizes):
         o = o + jnp.einsum("bkms,bksd->bkmd", p[..., at:at + n].astype(v.dtype), v)
         at += n
-    return o.reshape(b, kh, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+    return o.reshape(b, kh, g, t, dv).transpose(0, 3, 1, 2, 4).reshape(b, t, h, dv)
+
+
+def prefill_masks(t: int, s: int, pos, window: int = 0):
+    """Masks of T causal queries at positions pos..pos+T-1 over a cache of S slots holding
+    the positions < pos, and over their own T keys: (bool[T, S], bool[T, T])."""
+    qpos = pos + jnp.arange(t)
+    cache = band(qpos, jnp.arange(s), window, causal=True) & (jnp.arange(s)[None, :] < pos)
+    return cache, band(jnp.arange(t), jnp.arange(t), window, causal=True)
+
+
+def step_masks(s: int, c: int, start, i, window: int = 0):
+    """Masks of one query at position start + i over a read-only cache of S slots (the
+    positions < start) and a C-slot chunk buffer (start..start+i): (bool[1, S], bool[1, C])."""
+    qpos = jnp.reshape(start + i, (1,))
+    cache = band(qpos, jnp.arange(s), window, causal=True) & (jnp.arange(s)[None, :] < start)
+    return cache, band(qpos, start + jnp.arange(c), window, causal=True)
+
+
+def block_masks(t: int, s: int, start, window: int = 0):
+    """Masks of a bidirectional block of T queries at start..start+T-1 over the cache
+    positions < start and over the block itself: (bool[T, S], bool[T, T])."""
+    qpos = start + jnp.arange(t)
+    cache = band(qpos, jnp.arange(s), window, causal=False) & (jnp.arange(s)[None, :] < start)
+    return cache, band(jnp.arange(t), jnp.arange(t), window, causal=False)
 
 
 def attend_cached(q, k_cache, v_cache, k_new, v_new, pos):
@@ -161,29 +234,40 @@ def attend_cached(q, k_cache, v_cache, k_new, v_new, pos):
     positions < pos (later slots are ignored); k/v_new[B, K, T, D] are the new tokens' own.
     Used for the prefill; the per-token decode step reads a frozen cache plus a small chunk
     buffer instead (``Transformer.decode_step``)."""
-    t, s = q.shape[1], k_cache.shape[2]
-    return attend_segments(q, [
-        (k_cache, v_cache, jnp.broadcast_to(jnp.arange(s)[None, :] < pos, (t, s))),
-        (k_new, v_new, jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]),
-    ])
+    m_cache, m_new = prefill_masks(q.shape[1], k_cache.shape[2], pos)
+    return attend_segments(q, [(k_cache, v_cache, m_cache), (k_new, v_new, m_new)])
 
 
-def attend(q, k, v, mask_kind, impl: str = "chunked", chunk: int = 64):
-    """Grouped-query attention. q[B,L,H,D], k/v[B,S,K,D] -> [B,L,H,D]. ``mask_kind``: a
-    MASK_KINDS string, or a mask object with ``kind`` and ``array(l, s) -> bool[l, s]``."""
+def attend(q, k, v, mask_kind, impl: str = "chunked", chunk: int = 64, window: int = 0):
+    """Grouped-query attention. q[B,L,H,D], k[B,S,K,D], v[B,S,K,Dv] -> [B,L,H,Dv].
+    ``mask_kind``: a MASK_KINDS string, or a mask object with ``kind`` and
+    ``array(l, s) -> bool[l, s]``. ``window``: sliding-window width (0: off)."""
     if mask_name(mask_kind) not in MASK_KINDS:
         raise UserError(f"mask kind '{mask_kind}' unknown (choose one of {', '.join(MASK_KINDS)})")
     if impl == "chunked":
-        return _chunked(q, k, v, mask_kind, chunk)
+        return _chunked(q, k, v, mask_kind, chunk, window)
     if impl in ("xla", "cudnn"):
-        h, kh = q.shape[2], k.shape[2]
-        mask = None
+        h, kh, d, dv = q.shape[2], k.shape[2], q.shape[3], v.shape[3]
+        mask, local = None, None
         if not isinstance(mask_kind, str):  # cuDNN's fused kernel takes no arbitrary mask
-            mask, impl = mask_kind.array(q.shape[1], k.shape[1])[None, None], "xla"
+            mask, impl = mask_kind.array(q.shape[1], k.shape[1]), "xla"
+            if window:
+                mask = mask & band(_mask_positions(mask_kind, q.shape[1]),
+                                   _mask_positions(mask_kind, k.shape[1]), window, causal=False)
+            mask = mask[None, None]
+        elif window:
+            local = (window - 1, 0 if mask_kind == "causal" else window - 1)
         if impl == "xla" and h != kh:  # xla path wants equal heads; repeat kv groups
             k = jnp.repeat(k, h // kh, axis=2)
             v = jnp.repeat(v, h // kh, axis=2)
-        return jax.nn.dot_product_attention(
-            q, k, v, mask=mask, is_causal=(mask_kind == "causal"), implementation=impl
+        if dv > d:
+            raise UserError(f"model.attention={impl}: value width {dv} exceeds the query width {d}; "
+                            "use model.attention=chunked")
+        if dv < d:  # the fused call wants one head width: pad the values, slice the output
+            v = jnp.pad(v, ((0, 0), (0, 0), (0, 0), (0, d - dv)))
+        out = jax.nn.dot_product_attention(
+            q, k, v, mask=mask, is_causal=(mask_kind == "causal"), local_window_size=local,
+            implementation=impl
         )
+        return out[..., :dv]
     raise UserError(f"model.attention: unknown value '{impl}' (choose one of {', '.join(IMPLS)})")

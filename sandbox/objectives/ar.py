@@ -41,9 +41,10 @@ class AR(Objective):
 
     def loss(self, model, tokens, key):
         del key
-        nll = self.per_token(model, tokens)
+        with self.aux_losses() as aux:
+            nll = self.per_token(model, tokens)
         loss = jnp.mean(nll)
-        return loss, {"nll": loss}
+        return self.add_aux(loss, {"nll": loss}, aux)
 
     def nll(self, model, tokens, key, draws: int | None = None):
         del key, draws  # exact: one draw

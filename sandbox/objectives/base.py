@@ -12,6 +12,13 @@ training loss and a likelihood figure comparable across objectives:
 - ``mask_kind``: the attention mask it needs from the backbone.
 - ``flops_factor``: forward cost of one training token relative to one backbone token
   (2 for block diffusion's doubled input), used for compute-matched budgets.
+
+Auxiliary losses: a backbone layer may record one during a forward pass (the MoE MLP's
+load-balancing loss; ``sandbox.models.aux``). ``loss`` runs its model calls inside
+``with self.aux_losses() as aux:`` and returns ``self.add_aux(loss, metrics, aux)``, which
+adds ``sum weight * value`` to the loss and reports the unweighted sum as ``aux_loss``
+(for dense backbones nothing is recorded and loss and metrics are unchanged). ``nll``
+opens no tape: likelihoods never include it.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from sandbox.errors import UserError
+from sandbox.models import aux as aux_lib
 from sandbox.models.attention import mask_name
 
 
@@ -50,6 +58,18 @@ class Objective:
 
     def replace(self, **kw):
         return dataclasses.replace(self, **kw)
+
+    @staticmethod
+    def aux_losses():
+        """Context manager: the auxiliary losses the backbone records inside it."""
+        return aux_lib.collect()
+
+    @staticmethod
+    def add_aux(loss, metrics: dict, tape) -> tuple:
+        """(loss + weighted auxiliary losses, metrics + ``aux_loss``); unchanged if none."""
+        if not tape:
+            return loss, metrics
+        return loss + tape.total(), {**metrics, "aux_loss": tape.raw()}
 
 
 def token_nll(logits, targets):

@@ -103,10 +103,11 @@ class BD3LM(Objective):
         t_tok = jnp.repeat(t, self.block_size, axis=1)                       # [B, L]
         masked = jax.random.uniform(km, tokens.shape) < 1.0 - self._sched.alpha(t_tok)
         z = jnp.where(masked, self.mask_id, tokens)
-        ce = token_nll(self.logits(model, z, tokens), tokens)
+        with self.aux_losses() as aux:
+            ce = token_nll(self.logits(model, z, tokens), tokens)
         w = self._sched.weight(jnp.maximum(t_tok, 1e-12))
         loss = jnp.mean(jnp.where(masked, w * ce, 0.0))
-        return loss, {"nelbo": loss}
+        return self.add_aux(loss, {"nelbo": loss}, aux)
 
     def nll_count(self, model, tokens, key, u):
         """Masked-count form, one draw per sequence [B]: u[B, nb] in [0, 1) sets each

@@ -98,9 +98,10 @@ class MDLM(Objective):
     def loss(self, model, tokens, key):
         kt, km = jax.random.split(key)
         t = self.sample_times(kt, tokens.shape[0], self.t_min)
-        per_seq = self.nelbo(model, tokens, km, t)
+        with self.aux_losses() as aux:
+            per_seq = self.nelbo(model, tokens, km, t)
         loss = jnp.mean(per_seq)
-        return loss, {"nelbo": loss}
+        return self.add_aux(loss, {"nelbo": loss}, aux)
 
     def nll_count(self, model, tokens, key, k):
         """Masked-count form, one draw per sequence [B]: mask exactly k[b] random positions

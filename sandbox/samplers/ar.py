@@ -10,7 +10,9 @@ A cache that is both read and updated every step is copied whole by XLA:CPU each
 Chunks are grouped into runs that read a static power-of-two prefix of the cache, so a
 step reads about as many slots as there are tokens before it (``_segments``).
 ``use_cache=false`` is the reference for the speed benchmark: every step reruns the full
-causal forward over the whole static buffer.
+causal forward over the whole static buffer. A recurrent backbone (``model.recurrent``:
+gated linear attention) decodes with its fixed-size state instead of a KV cache:
+``model.prefill`` once, then ``model.step`` per token in one ``lax.scan``.
 
 Temperature, top-k and top-p act on the logits before the exact categorical draw
 (``categorical.sample``). BOS, PAD and MASK never occur as targets in the training data, so
@@ -127,13 +129,33 @@ class ARSampler(Sampler):
             parts.append(toks.T)
         return jnp.concatenate(parts, axis=1)
 
+    def _decode_recurrent(self, model, keys, seq, g):
+        """Recurrent backbones (``model.recurrent``, e.g. gated linear attention): one
+        ``model.prefill`` of seq[B, P+1] gives the logits and the fixed-size state, then g-1
+        ``model.step`` calls in one lax.scan. -> tokens[B, g]."""
+        p1 = seq.shape[1]
+        logits, state = model.prefill(seq)
+        first = self._draw(keys[0], logits[:, -1])
+
+        def step(carry, xs):
+            tok, state = carry
+            i, k = xs
+            logits, state = model.step(tok[:, None], state, p1 + i)
+            nxt = self._draw(k, logits[:, 0])
+            return (nxt, state), nxt
+
+        _, toks = jax.lax.scan(step, (first, state), (jnp.arange(g - 1), keys[1:]))
+        return jnp.concatenate([first[:, None], toks.T], axis=1)
+
     def generate(self, model, key, prompt, length: int):
         b, p = prompt.shape
         g = length - p
         bos = jnp.full((b, 1), self.bos_id, jnp.int32)
         seq = jnp.concatenate([bos, prompt.astype(jnp.int32)], axis=1)  # [B, P + 1]
         keys = jax.random.split(key, g)
-        if self.use_cache and hasattr(model, "decode_step"):
+        if self.use_cache and getattr(model, "recurrent", False):
+            gen = self._decode_recurrent(model, keys, seq, g)
+        elif self.use_cache and hasattr(model, "decode_step"):
             gen = self._decode_cached(model, keys, seq, g)
         else:
             buf = jnp.zeros((b, length + 1), jnp.int32).at[:, : p + 1].set(seq)
