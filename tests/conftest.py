@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 # Before JAX is imported anywhere: never touch an accelerator, keep CPU runs quiet.
@@ -62,3 +63,22 @@ def compose(overrides: list[str] | None = None, config_name: str = "config"):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+
+
+# --- metrics curves shared by the training and preemption tests ---------------------------
+def curve(run_dir: Path) -> list[tuple]:
+    """(kind, step, value) of every train loss and eval bpb, in file order."""
+    out = []
+    for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines()):
+        if r.get("kind") == "train":
+            out.append(("train", r["step"], r["train_loss"]))
+        elif r.get("kind") == "eval":
+            out.append(("eval", r["step"], r["val_bpb"]))
+    return out
+
+
+def assert_same_curve(a: Path, b: Path) -> None:
+    ca, cb = curve(a), curve(b)
+    assert [c[:2] for c in ca] == [c[:2] for c in cb]
+    for x, y in zip(ca, cb, strict=True):
+        assert y[2] == pytest.approx(x[2], abs=1e-6), (x, y)

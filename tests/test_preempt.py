@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import pytest
-from conftest import REPO, TINY
+from conftest import REPO, TINY, assert_same_curve
 
 from sandbox.checkpoint import Checkpointer
 
@@ -66,23 +66,6 @@ def wait_for_step(p: subprocess.Popen, run_dir: Path, step: int, timeout: float 
         assert p.poll() is None, p.communicate()[1][-3000:]
         assert time.monotonic() - t0 < timeout, "the run never got there"
         time.sleep(0.01)
-
-
-def curve(run_dir: Path) -> list[tuple]:
-    out = []
-    for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
-        if r["kind"] == "train":
-            out.append(("train", r["step"], r["train_loss"]))
-        elif r["kind"] == "eval":
-            out.append(("eval", r["step"], r["val_bpb"]))
-    return out
-
-
-def assert_same_curve(a: Path, b: Path) -> None:
-    ca, cb = curve(a), curve(b)
-    assert [c[:2] for c in ca] == [c[:2] for c in cb]
-    for x, y in zip(ca, cb, strict=True):
-        assert y[2] == pytest.approx(x[2], abs=1e-6), (x, y)
 
 
 def ckpt_steps(run_dir: Path) -> list[int]:

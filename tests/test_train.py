@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FIXTURES, REPO, TEXT, TINY, compose
+from conftest import FIXTURES, REPO, TEXT, TINY, assert_same_curve, compose
 
 import sandbox.train as train_mod
 from sandbox.errors import UserError
@@ -34,24 +34,6 @@ def tiny_cfg(objective: str, *extra: str, cache: Path):
 def records(run_dir: Path, kind: str) -> list[dict]:
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r.get("kind") == kind]
-
-
-def curve(run_dir: Path) -> list[tuple]:
-    """(kind, step, value) of every train loss and eval bpb, in file order."""
-    out = []
-    for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines()):
-        if r.get("kind") == "train":
-            out.append(("train", r["step"], r["train_loss"]))
-        elif r.get("kind") == "eval":
-            out.append(("eval", r["step"], r["val_bpb"]))
-    return out
-
-
-def assert_same_curve(a: Path, b: Path) -> None:
-    ca, cb = curve(a), curve(b)
-    assert [c[:2] for c in ca] == [c[:2] for c in cb]
-    for x, y in zip(ca, cb, strict=True):
-        assert y[2] == pytest.approx(x[2], abs=1e-6), (x, y)
 
 
 def snapshot(folder: Path) -> dict:
