@@ -385,7 +385,10 @@ def _loop(cfg, run_dir: Path, s: dict) -> dict:
                 t_last, step_last = now, step
                 log.write({"kind": "train", "step": step, "train_loss": loss, "tokens_per_s": tps,
                            "lr": float(s["sched"](step - 1)), "grad_norm": float(m["grad_norm"]),
-                           "tokens": step * tokens_per_step, "flops": step * tokens_per_step * fpt})
+                           "tokens": step * tokens_per_step, "flops": step * tokens_per_step * fpt,
+                           # the backbone's unweighted auxiliary loss (MoE load balancing) at this
+                           # step; train_loss already includes its weighted share
+                           **({"aux_loss": float(m["aux_loss"])} if "aux_loss" in m else {})})
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}" if tps else "-", refresh=False)
                 acc, n_acc = 0.0, 0
             bar.update(1)

@@ -276,3 +276,11 @@ def test_unique_tokens_caps_the_training_data_and_is_recorded(uninterrupted, san
     a = [r["train_loss"] for r in records(uninterrupted["ar"], "train")]
     b = [r["train_loss"] for r in records(d, "train")]
     assert len(a) == len(b) and a != b
+
+
+def test_an_moe_run_logs_its_auxiliary_loss(uninterrupted, sandbox_cache, tmp_path):
+    d = tmp_path / "moe"
+    run(tiny_cfg("ar", "model=tiny_moe", cache=sandbox_cache), d)
+    train = records(d, "train")
+    assert train and all(r["aux_loss"] > 0 for r in train)
+    assert all("aux_loss" not in r for r in records(uninterrupted["ar"], "train"))  # dense: none
