@@ -384,8 +384,13 @@ class Forwards:
 
 
 def predict_nfe(p: Point, measured: list[dict]) -> int:
-    """An NFE to predict a call's cost with before running it (an upper bound where known)."""
+    """Full forwards to predict a call's cost with before running it (an upper bound where
+    known). bd3lm calls read one block each (plus the cache), so a whole generation costs
+    about (steps per block + 1 commit) full forwards; doubled for the cache reads."""
     s = p.sampler
+    if p.kind == "bd3lm":
+        steps = s.inner.steps if getattr(s.inner, "uses_steps", False) else s.block_size
+        return 2 * (int(steps) + 1)
     if p.kind == "mdm_threshold":
         same = [r["nfe"] for r in measured
                 if r["sampler"] == "mdm_threshold" and r["settings"] == s.settings() and r["batch"] < p.batch

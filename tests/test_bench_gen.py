@@ -138,3 +138,11 @@ def test_bd3lm_points_time_block_diffusion_with_its_cache(tmp_path):
         assert row["settings"]["inner"]["steps"] == steps
         assert row["nfe"] <= (16 // bs) * (steps + 1)   # per block: <= steps calls + one commit
         assert row["nfe"] >= 16 // bs + 1 and row["family"] == "bd3lm"
+
+
+def test_bd3lm_cost_prediction_counts_block_calls_not_full_forwards():
+    from sandbox.samplers import BD3LMSampler
+    from sandbox.samplers.mdm import Ancestral
+
+    p = bench_gen.Point("bd3lm", "bd3lm", BD3LMSampler(block_size=16, inner=Ancestral(steps=2)), 32, 128, 0)
+    assert bench_gen.predict_nfe(p, []) == 6            # (2 steps + 1 commit) x 2, not 128 forwards
