@@ -134,6 +134,16 @@ def _statement_at(fn, before: str, anchor: str):
     return hits[0] if len(hits) == 1 else None
 
 
+def _anchored(fn, src: str, anchor):
+    """(owner, body, index) of the single-line, body-less statement whose text ``anchor``
+    names (the only kind an insert may be placed next to), or None."""
+    hit = _statement_at(fn, src, anchor) if isinstance(anchor, str) else None
+    if hit is None:
+        return None
+    node = hit[1][hit[2]]
+    return None if node.lineno != node.end_lineno or _has_body(node) else hit
+
+
 def verify_delete(before: str, after: str, edit: Edit) -> bool:
     anchor, what = edit.params.get("anchor"), edit.params.get("what")
     parsed, after_tree = parse_function(before), parse(after)
@@ -197,13 +207,11 @@ def _insertion(fn, st: SourceText, src: str, where: str, anchor: str | None):
             return first.end_lineno, st.indent_of(first.lineno)
         line = min([d.lineno for d in getattr(first, "decorator_list", [])] + [first.lineno])
         return line - 1, st.indent_of(first.lineno)
-    hit = _statement_at(fn, src, anchor) if isinstance(anchor, str) else None
+    hit = _anchored(fn, src, anchor)
     if hit is None:
         return None
     owner, seq, i = hit
     node = seq[i]
-    if node.lineno != node.end_lineno or _has_body(node):
-        return None
     if where == "before" and _is_docstring(owner, seq, i):
         return None
     return (node.lineno - 1 if where == "before" else node.lineno), st.indent_of(node.lineno)
@@ -281,13 +289,10 @@ def verify_insert(before: str, after: str, edit: Edit) -> bool:
     if where == "start":
         seq, i = fn.body, (1 if _is_docstring(fn, fn.body, 0) else 0)
     else:
-        hit = _statement_at(fn, before, anchor) if isinstance(anchor, str) else None
+        hit = _anchored(fn, before, anchor)
         if hit is None:
             return False
         owner, seq, i = hit
-        node = seq[i]
-        if node.lineno != node.end_lineno or _has_body(node):
-            return False
         i += where == "after"
     seq.insert(i, new.body[0])
     if ast.dump(tree) != ast.dump(after_tree):
