@@ -227,17 +227,6 @@ def block_masks(t: int, s: int, start, window: int = 0):
     return cache, band(jnp.arange(t), jnp.arange(t), window, causal=False)
 
 
-def attend_cached(q, k_cache, v_cache, k_new, v_new, pos):
-    """Causal attention of T new queries against a static cache plus their own keys.
-
-    q[B, T, H, D] at positions pos..pos+T-1; k/v_cache[B, K, S, D] (heads-major) hold the
-    positions < pos (later slots are ignored); k/v_new[B, K, T, D] are the new tokens' own.
-    Used for the prefill; the per-token decode step reads a frozen cache plus a small chunk
-    buffer instead (``Transformer.decode_step``)."""
-    m_cache, m_new = prefill_masks(q.shape[1], k_cache.shape[2], pos)
-    return attend_segments(q, [(k_cache, v_cache, m_cache), (k_new, v_new, m_new)])
-
-
 def attend(q, k, v, mask_kind, impl: str = "chunked", chunk: int = 64, window: int = 0):
     """Grouped-query attention. q[B,L,H,D], k[B,S,K,D], v[B,S,K,Dv] -> [B,L,H,Dv].
     ``mask_kind``: a MASK_KINDS string, or a mask object with ``kind`` and

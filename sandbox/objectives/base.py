@@ -72,6 +72,14 @@ class Objective:
         return loss + tape.total(), {**metrics, "aux_loss": tape.raw()}
 
 
+def suppress(logits, ids):
+    """logits[..., V] with -inf at the token ids ``ids`` (SUBS's mask token, tokens a
+    sampler must never draw). A broadcast select fuses into the logits' producer; a scatter
+    (``.at[...].set``) would copy the whole [B, L, V] array."""
+    ids = jnp.asarray(tuple(ids), jnp.int32)
+    return jnp.where(jnp.isin(jnp.arange(logits.shape[-1]), ids), -jnp.inf, logits)
+
+
 def token_nll(logits, targets):
     """-log softmax(logits)[targets] in float32. logits[..., V], targets[...] -> [...]."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

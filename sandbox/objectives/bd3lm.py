@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from sandbox.errors import UserError
 from sandbox.models.attention import BlockDiffusionMask
-from sandbox.objectives.base import Objective, token_nll
+from sandbox.objectives.base import Objective, suppress, token_nll
 from sandbox.objectives.schedules import Linear, make_schedule
 
 
@@ -84,7 +84,7 @@ class BD3LM(Objective):
         b, l = tokens.shape
         pos = jnp.broadcast_to(jnp.concatenate([jnp.arange(l), jnp.arange(l)]), (b, 2 * l))
         out = model(jnp.concatenate([z, tokens], axis=1), mask_kind=self.mask_kind, positions=pos)
-        return out[:, :l].at[..., self.mask_id].set(-jnp.inf)
+        return suppress(out[:, :l], (self.mask_id,))
 
     def sample_times(self, key, n):
         """Times [n] in [t_min, t_max]: stratified (antithetic) or i.i.d. uniform."""

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from sandbox.errors import UserError
-from sandbox.objectives.base import Objective, token_nll
+from sandbox.objectives.base import Objective, suppress, token_nll
 from sandbox.objectives.schedules import Linear, make_schedule
 
 
@@ -84,7 +84,7 @@ class MDLM(Objective):
     def logits(self, model, z):
         """Backbone logits with the SUBS mask-token suppression. z[B, L] -> [B, L, V]."""
         logits = model(z, mask_kind=self.mask_kind)
-        return logits.at[..., self.mask_id].set(-jnp.inf)
+        return suppress(logits, (self.mask_id,))
 
     def nelbo(self, model, tokens, key, t):
         """Single-draw NELBO per sequence [B] in nats per token, at times t[B]."""

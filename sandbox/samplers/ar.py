@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from sandbox.errors import UserError
+from sandbox.objectives.base import suppress
 from sandbox.samplers.base import Sampler
 from sandbox.samplers.categorical import filter_logits, sample
 
@@ -81,7 +82,7 @@ class ARSampler(Sampler):
 
     def _draw(self, key, logits):
         if self.banned_ids:
-            logits = logits.at[..., jnp.array(self.banned_ids)].set(-jnp.inf)
+            logits = suppress(logits, self.banned_ids)
         return sample(key, filter_logits(logits, self.temperature, self.top_k, self.top_p),
                       self.precision)
 

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from sandbox.errors import UserError
+from sandbox.objectives.base import suppress
 from sandbox.samplers.base import Sampler
 from sandbox.samplers.categorical import sample
 
@@ -95,9 +96,7 @@ class MaskedDiffusionSampler(Sampler):
     def predict(self, model, z):
         """Logits [B, L, V] for canvas z, mask token suppressed (SUBS), temperature applied."""
         logits = model(z, mask_kind="bidirectional")
-        # a broadcast select fuses into the logits' producer; a scatter would copy [B, L, V]
-        banned = jnp.isin(jnp.arange(logits.shape[-1]), jnp.array((self.mask_id, *self.banned_ids)))
-        logits = jnp.where(banned, -jnp.inf, logits)
+        logits = suppress(logits, (self.mask_id, *self.banned_ids))
         return logits if self.temperature == 1.0 else logits / jnp.float32(self.temperature)
 
     def draw(self, key, logits):
