@@ -228,6 +228,26 @@ def plot_edits(s: pd.DataFrame, lat: pd.DataFrame, out: Path) -> list[str]:
     return files
 
 
+def latency_ratio(s: pd.DataFrame, lat: pd.DataFrame) -> list[str]:
+    """Markdown rows: median latency of the best diffusion series over the best AR series per
+    diff-size bin ("best": highest overall exact match), with each one's exact match there."""
+    is_ar = s["objective"].astype(str).str.lower().str.startswith("ar")
+    if not is_ar.any() or is_ar.all():
+        return []
+    best = {k: g.loc[g["em"].astype(float).fillna(-1).idxmax()]
+            for k, g in (("ar", s[is_ar]), ("diff", s[~is_ar]))}
+    lb = _bin_latency(s, lat)
+    rows = ["", f"Latency ratio per diff size: {best['diff']['series']} over {best['ar']['series']} "
+            "(median ms per edit; exact match in brackets). A ratio below 1 means diffusion is faster.", "",
+            "| changed tokens | diffusion ms (EM) | AR ms (EM) | diffusion / AR |", "|---|---:|---:|---:|"]
+    for i, b in enumerate(DIFF_BINS):
+        d, a = lb[best["diff"]["series"]][i], lb[best["ar"]["series"]][i]
+        ratio = f"{d / a:.2f}" if math.isfinite(d) and math.isfinite(a) and a > 0 else "–"
+        rows.append(f"| {b} | {_ms(d)} ({_p(best['diff'][f'em_{b}'])}) | "
+                    f"{_ms(a)} ({_p(best['ar'][f'em_{b}'])}) | {ratio} |")
+    return rows
+
+
 def section_edits(df, out: Path, ctx: dict) -> str:
     head = "## Code edits: exact match and latency vs diff size (`sandbox.evaluate eval=edits`)\n\n"
     s, lat = load_edits(ctx["runs"])
@@ -250,6 +270,7 @@ def section_edits(df, out: Path, ctx: dict) -> str:
                      f"{_p(r['parse_rate'])} | {_p(r['apply_rate'])} | {_p(r['noop_rate'])} | "
                      + " | ".join(_p(r[f"em_{b}"]) for b in DIFF_BINS)
                      + f" | {_ms(r['latency_s'])} | {_num(r['nfe']):.1f} |".replace("nan", "–"))
+    lines += latency_ratio(s, lat)
     base = [(r["series"], k, v) for _, r in s.iterrows() for k, v in sorted(r["baselines"].items())
             if isinstance(v, dict)]
     if base:

@@ -42,7 +42,8 @@ from tqdm import tqdm
 from sandbox import flops as flops_lib
 from sandbox.checkpoint import Checkpointer, describe_state, restore_run
 from sandbox.cli import hydra_entry, instantiate, require_int
-from sandbox.data import check_seq_len, eval_batches, get_batch, prepare
+from sandbox.data import prepare
+from sandbox.data.batches import LMBatches
 from sandbox.errors import UserError
 from sandbox.mesh import build_layout, init_distributed, is_main_process
 from sandbox.optim import make_optimizer
@@ -53,10 +54,36 @@ LN2 = math.log(2.0)
 
 # --- building blocks ------------------------------------------------------------------------
 def build_data(cfg):
+    """(data, tokenizer): a prepared corpus (``sandbox.data.Prepared``), or the data config's
+    own batch source when it has one (``data=stdlib_edits``: conditional sequences)."""
     corpus = instantiate(cfg.data, "data")
     tokenizer = instantiate(cfg.tokenizer, "tokenizer")
+    if hasattr(corpus, "batch_source"):
+        return corpus.batch_source(tokenizer, cfg.cache_dir, progress=bool(cfg.train.progress)), tokenizer
     data = prepare(corpus, tokenizer, cfg.cache_dir, progress=bool(cfg.train.progress))
     return data, data.tokenizer
+
+
+def build_batches(cfg, data, seq_len: int):
+    """The trainer's batch source for ``data`` (``LMBatches`` for a prepared corpus)."""
+    t = cfg.train
+    split = str(t.get("train_split", "train"))
+    unique = (None if t.get("unique_tokens") is None
+              else require_int(t, "unique_tokens", "train.unique_tokens", minimum=seq_len + 1))
+    if not getattr(data, "conditional", False):
+        return LMBatches(data, split, seq_len, unique)
+    data.check(seq_len)
+    if split != "train" or unique is not None:
+        raise UserError("train.train_split / train.unique_tokens: not supported with conditional data "
+                        f"({data.manifest.get('corpus')}); leave them at train / null")
+    return data
+
+
+def _objective_args(batch) -> tuple:
+    """(tokens, {"cond": ...}) of a batch: an array, or a conditional {"tokens", "cond"} dict."""
+    if isinstance(batch, dict):
+        return batch["tokens"], {"cond": batch["cond"]}
+    return batch, {}
 
 
 def build_model(cfg, tokenizer, seed: int):
@@ -103,7 +130,8 @@ def make_train_step(graphdef, objective, tx, ema_decay: float, layout=None, stat
         def loss_fn(p):
             if layout is not None:
                 p = jax.lax.with_sharding_constraint(p, layout.replicated)
-            return objective.loss(nnx.merge(graphdef, p), batch, key)
+            tokens, kw = _objective_args(batch)
+            return objective.loss(nnx.merge(graphdef, p), tokens, key, **kw)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         if layout is not None:
@@ -127,23 +155,25 @@ def make_train_step(graphdef, objective, tx, ema_decay: float, layout=None, stat
 
 def make_eval_fn(graphdef, objective, draws: int, layout=None):
     """params, batch[B, L], key -> per-sequence nats/token draws [K, B] (replicated on a mesh)."""
-    fn = lambda p, batch, key: objective.nll(nnx.merge(graphdef, p), batch, key, draws)  # noqa: E731
+
+    def fn(p, batch, key):
+        tokens, kw = _objective_args(batch)
+        return objective.nll(nnx.merge(graphdef, p), tokens, key, draws, **kw)
+
     return jax.jit(fn) if layout is None else jax.jit(fn, out_shardings=layout.replicated)
 
 
-def evaluate(eval_fn, params, tokens, tokens_per_byte, *, batch_size, seq_len, max_batches, key,
-             exact: bool, layout=None) -> dict:
+def evaluate(eval_fn, params, batches, tokens_per_byte, *, key, exact: bool, layout=None) -> dict:
     """Held-out bits per byte. For a bound with K draws per sequence, the standard error is
     the Monte-Carlo error of the estimate given the data: sqrt(sum_b var_k(v[k,b]) / K) / N.
     Every process reads the same windows (``layout.full_batch`` splits them over the devices)."""
     draws = []
-    for i, batch in enumerate(eval_batches(tokens, batch_size=batch_size, seq_len=seq_len,
-                                           max_batches=max_batches)):
+    for i, batch in enumerate(batches):
         k = jax.random.fold_in(key, i)
         if layout is None:
-            batch = jnp.asarray(batch)
+            batch = jax.tree.map(jnp.asarray, batch)
         else:
-            batch, k = layout.full_batch(batch), layout.replicate(k)
+            batch, k = jax.tree.map(layout.full_batch, batch), layout.replicate(k)
         draws.append(np.asarray(eval_fn(params, batch, k)))
     v = np.concatenate(draws, axis=1).astype(np.float64)  # [K, N]
     k, n = v.shape
@@ -285,23 +315,15 @@ def _setup(cfg, run_dir: Path) -> dict:
     layout = build_layout(cfg.get("mesh"))
     layout.check_batch(batch_size)
     data, tokenizer = build_data(cfg)
-    split = str(t.get("train_split", "train"))
-    if split not in data.splits:
-        raise UserError(f"train.train_split={split!r}: choose one of {', '.join(data.splits)}")
-    check_seq_len(data.splits[split], seq_len, split)
-    check_seq_len(data.splits["val"], seq_len, "val")
-    train_tokens = data.splits[split]
-    if t.get("unique_tokens") is not None:  # data repetition: windows from a fixed prefix only
-        u = require_int(t, "unique_tokens", "train.unique_tokens", minimum=seq_len + 1)
-        if u > len(train_tokens):
-            raise UserError(f"train.unique_tokens={u} exceeds the {len(train_tokens)} tokens of the "
-                            f"{split} split; lower it or leave it null (the whole split)")
-        train_tokens = train_tokens[:u]
+    batches = build_batches(cfg, data, seq_len)
     model = build_model(cfg, tokenizer, seed)
     if seq_len > model.max_len:
         raise UserError(f"train.seq_len={seq_len} exceeds model.max_len={model.max_len}; "
                         "raise model.max_len or lower train.seq_len")
     objective = build_objective(cfg, model, tokenizer)
+    if batches.conditional and not objective.conditional:
+        raise UserError(f"objective={objective.name} does not train on conditional data "
+                        f"({data.manifest.get('corpus')}); use objective=ar or objective=mdlm")
     fpt = flops_lib.train_flops_per_token(model, seq_len, objective)
     steps = resolve_steps(cfg, fpt)
     tx, sched = make_optimizer(cfg.optim, steps)
@@ -318,13 +340,12 @@ def _setup(cfg, run_dir: Path) -> dict:
             print(f"resuming {run_dir} from step {step}")
     return dict(data=data, tokenizer=tokenizer, model=model, objective=objective, graphdef=graphdef,
                 state=state, tx=tx, sched=sched, steps=steps, fpt=fpt, shapes=shapes,
-                seed=seed, batch_size=batch_size, seq_len=seq_len, train_split=split, layout=layout,
-                train_tokens=train_tokens)
+                seed=seed, batch_size=batch_size, seq_len=seq_len, layout=layout, batches=batches)
 
 
 def _loop(cfg, run_dir: Path, s: dict) -> dict:
     t = cfg.train
-    data, objective, state, layout = s["data"], s["objective"], s["state"], s["layout"]
+    batches, objective, state, layout = s["batches"], s["objective"], s["state"], s["layout"]
     steps, bs, sl, fpt = s["steps"], s["batch_size"], s["seq_len"], s["fpt"]
     main = is_main_process()
     ckpt = Checkpointer(run_dir / "checkpoints", owner=True)
@@ -335,15 +356,15 @@ def _loop(cfg, run_dir: Path, s: dict) -> dict:
     eval_fn = make_eval_fn(s["graphdef"], objective, int(t.eval_draws), layout)
     base_key = jax.random.PRNGKey(s["seed"])
     eval_key = jax.random.fold_in(jax.random.PRNGKey(s["seed"]), 10**9)  # same masks every eval
-    tpb_val = data.tokens_per_byte("val")
+    eval_size = dict(batch_size=int(t.eval_batch_size), max_batches=int(t.eval_batches))
+    tpb_val = batches.eval_tokens_per_byte(**eval_size)
     tokens_per_step = bs * sl
     rows = layout.process_rows(bs)  # this process's block of rows of every global batch
     slot, slots = rows or (0, 1)
 
     def do_eval(step):
-        r = evaluate(eval_fn, state["ema"], data.splits["val"], tpb_val, batch_size=int(t.eval_batch_size),
-                     seq_len=sl, max_batches=int(t.eval_batches), key=eval_key, exact=objective.exact,
-                     layout=layout)
+        r = evaluate(eval_fn, state["ema"], batches.eval_batches(**eval_size), tpb_val, key=eval_key,
+                     exact=objective.exact, layout=layout)
         rec = {"kind": "eval", "step": step, **r, "tokens": step * tokens_per_step,
                "flops": step * tokens_per_step * fpt, "weights": "ema"}
         log.write(rec)
@@ -355,8 +376,9 @@ def _loop(cfg, run_dir: Path, s: dict) -> dict:
                    "params_non_embedding": s["model"].n_params(), "train_flops_per_token": fpt,
                    "total_steps": steps, "tokens_per_step": tokens_per_step,
                    "tokens_per_byte_val": tpb_val, "val_sequences_per_eval": int(t.eval_batches) * int(
-                       t.eval_batch_size), "true_bpb": data.manifest.get("true_bpb"),
-                   "unique_tokens": int(len(s["train_tokens"]))})
+                       t.eval_batch_size), "true_bpb": s["data"].manifest.get("true_bpb"),
+                   "unique_tokens": getattr(batches, "unique_tokens", None),
+                   **({"conditional": batches.describe()} if batches.conditional else {})})
     bar = tqdm(total=steps, initial=start, disable=not (t.progress and main), dynamic_ncols=True,
                desc=f"{objective.name}", mininterval=1.0)
     acc, n_acc = 0.0, 0
@@ -364,10 +386,10 @@ def _loop(cfg, run_dir: Path, s: dict) -> dict:
     stopped = None
     with _Stop() as stop:
         for step in range(start + 1, steps + 1):
-            local = get_batch(s["train_tokens"], seed=s["seed"], step=step, batch_size=bs, seq_len=sl,
-                              process_index=slot, process_count=slots)
+            local = batches.train_batch(seed=s["seed"], step=step, batch_size=bs, process_index=slot,
+                                        process_count=slots)
             t0 = time.perf_counter()
-            batch = layout.batch(local, (bs, sl)) if rows else layout.full_batch(local)
+            batch = jax.tree.map(lambda a: layout.batch(a, (bs, sl)) if rows else layout.full_batch(a), local)
             state, m = train_step(state, batch, layout.replicate(jax.random.fold_in(base_key, step)))
             if t_last is None:  # first step of this process: includes compilation
                 jax.block_until_ready(m["loss"])

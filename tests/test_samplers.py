@@ -309,3 +309,198 @@ def test_bad_settings_raise_one_line(s, kw, words):
 def test_threshold_tau_one_is_allowed():
     Threshold(tau=1.0).check(objective="mdlm", length=16, prompt_len=0)
     assert math.isclose(Threshold().tau, 0.9)
+
+
+# --- greedy decoding -----------------------------------------------------------------------------
+def test_greedy_precision_is_the_argmax_and_ignores_the_key():
+    from sandbox.samplers.categorical import check_precision
+    logits = jax.random.normal(jax.random.PRNGKey(0), (6, 5, 40))
+    a = sample(jax.random.PRNGKey(1), logits, "greedy")
+    b = sample(jax.random.PRNGKey(2), logits, "greedy")
+    assert a.dtype == jnp.int32 and (np.asarray(a) == np.asarray(jnp.argmax(logits, -1))).all()
+    assert (np.asarray(a) == np.asarray(b)).all()
+    assert (np.asarray(sample(jax.random.PRNGKey(1), logits, "exact")) != np.asarray(a)).any()
+    assert check_precision("greedy") == "greedy"
+    ARSampler(precision="greedy").check(objective="ar", length=16, prompt_len=0)
+
+
+# --- masked-diffusion infill from a partly known canvas ---------------------------------------
+INFILL = [Ancestral(steps=8), FirstHitting(block_size=4), TopKConfidence(steps=6, block_size=5),
+          Threshold(tau=0.9, block_size=7)]
+INFILL_PROMPT = jnp.array([[1, 2, 3], [4, 5, 6], [7, 1, 2]], jnp.int32)
+INFILL_LEN = 16
+
+
+@pytest.fixture(scope="module")
+def infill_fns(tiny):
+    """One jitted infill(params, key, z) per sampler, shared by the infill tests."""
+    g, _ = tiny
+    fns = {}
+
+    def get(s):
+        if s not in fns:
+            fns[s] = jax.jit(lambda params, key, z: s.infill(nnx.merge(g, params), key, z, 3))
+        return fns[s]
+
+    return get
+
+
+def _blocks_of(s, gen):
+    bs = s.block_size or gen
+    return [(3 + i * bs, min(3 + (i + 1) * bs, 3 + gen)) for i in range(s.n_blocks(gen))]
+
+
+@pytest.mark.parametrize("s", INFILL, ids=lambda s: f"{s.name}-b{s.block_size}")
+def test_infill_with_nothing_known_is_generate(tiny, infill_fns, s):
+    g, p = tiny
+    s = s.bind(Tok)
+    key = jax.random.PRNGKey(4)
+    toks, nfe = compile_sampler(s, g, INFILL_LEN)(p, key, INFILL_PROMPT)
+    z = jnp.concatenate([INFILL_PROMPT, jnp.full((3, INFILL_LEN - 3), Tok.mask_id, jnp.int32)], 1)
+    toks2, nfe2 = infill_fns(s)(p, key, z)
+    assert (np.asarray(toks) == np.asarray(toks2)).all() and int(nfe) == int(nfe2)
+
+
+@pytest.mark.parametrize("s", INFILL, ids=lambda s: f"{s.name}-b{s.block_size}")
+def test_infill_keeps_known_tokens_and_fills_every_mask(tiny, infill_fns, s):
+    """Row 0 about half known, row 1 fully known (a no-op row), row 2 a fifth known."""
+    _, p = tiny
+    s = s.bind(Tok)
+    rng = np.random.default_rng(0)
+    gen = INFILL_LEN - 3
+    known = np.stack([rng.random(gen) < 0.5, np.ones(gen, bool), rng.random(gen) < 0.2])
+    region = np.where(known, rng.integers(0, 8, (3, gen)), Tok.mask_id)
+    z = np.concatenate([np.asarray(INFILL_PROMPT), region], 1).astype(np.int32)
+    toks, nfe = infill_fns(s)(p, jax.random.PRNGKey(5), jnp.asarray(z))
+    toks, nfe = np.asarray(toks), int(nfe)
+    keep = z != Tok.mask_id
+    assert (toks[keep] == z[keep]).all()
+    assert not (toks == Tok.mask_id).any()
+    # calls a block needs at most: its largest per-row count of masked positions
+    per_block = [int((z[:, a:b] == Tok.mask_id).sum(1).max()) for a, b in _blocks_of(s, gen)]
+    if isinstance(s, Threshold):
+        assert 1 <= nfe <= sum(per_block) <= int((z == Tok.mask_id).sum())
+    elif isinstance(s, FirstHitting):
+        assert nfe == sum(per_block)  # one reveal per row per call, until the fullest row is done
+    else:
+        assert 1 <= nfe <= (s.steps // s.n_blocks(gen)) * s.n_blocks(gen)
+
+
+@pytest.mark.parametrize("s", INFILL, ids=lambda s: f"{s.name}-b{s.block_size}")
+def test_infill_of_a_fully_known_canvas_is_a_no_op(tiny, infill_fns, s):
+    _, p = tiny
+    z = jnp.asarray(np.random.default_rng(1).integers(0, 8, (3, INFILL_LEN)), jnp.int32)
+    toks, nfe = infill_fns(s.bind(Tok))(p, jax.random.PRNGKey(6), z)
+    assert (np.asarray(toks) == np.asarray(z)).all()
+    assert int(nfe) == 0  # no block has a masked position: no model call at all
+
+
+# --- AR early stop at EOS --------------------------------------------------------------------------
+class _EosAt:
+    """Backbone wrapper that adds bias[b, q] to row b's EOS logit at input position q, on
+    every decoding path (full forward, prefill/decode_step with the cache, prefill/step of a
+    recurrent model). Input position q predicts output position q, so a bias of +1e4 at
+    (b, q) and -1e4 elsewhere puts row b's only EOS exactly at output position q."""
+
+    def __init__(self, model, bias):
+        self.m, self.bias = model, bias
+        self.vocab_size, self.recurrent = model.vocab_size, model.recurrent
+
+    def _add(self, logits, q0):
+        b = jax.lax.dynamic_slice_in_dim(self.bias, q0, logits.shape[1], axis=1)
+        return logits.at[..., Tok.eos_id].add(b)
+
+    def __call__(self, tokens, **kw):
+        return self._add(self.m(tokens, **kw), 0)
+
+    def init_cache(self, b, n):
+        return self.m.init_cache(b, n)
+
+    def commit(self, cache, buf, start):
+        return self.m.commit(cache, buf, start)
+
+    def decode(self, tokens, cache, pos):
+        logits, cache = self.m.decode(tokens, cache, pos)
+        return self._add(logits, pos), cache
+
+    def decode_step(self, tokens, cache, buf, start, i):
+        logits, buf = self.m.decode_step(tokens, cache, buf, start, i)
+        return self._add(logits, start + i), buf
+
+    def prefill(self, tokens):
+        logits, state = self.m.prefill(tokens)
+        return self._add(logits, 0), state
+
+    def step(self, tokens, state, pos):
+        logits, state = self.m.step(tokens, state, pos)
+        return self._add(logits, pos), state
+
+
+# length 80, prompt 2: g = 78; chunk 8 -> 9 full chunks in two cache-view segments
+# (64, then the whole 75-slot cache) and a 5-token remainder.
+EOS_LEN, EOS_P, EOS_CHUNK = 80, 2, 8
+
+
+@pytest.fixture(scope="module")
+def eos_models():
+    from functools import partial as _partial
+
+    from sandbox.models.gla import GatedLinearAttention
+    out = {}
+    for name, m in (("attn", _model()), ("gla", _model(mixer=_partial(GatedLinearAttention, chunk=4)))):
+        assert m.recurrent == (name == "gla")
+        out[name] = nnx.split(m, nnx.Param)
+    return out
+
+
+def _eos_bias(ends):
+    """EOS only at output positions ends[b] (None: never)."""
+    bias = np.full((len(ends), EOS_LEN + 1), -1e4, np.float32)
+    for r, e in enumerate(ends):
+        if e is not None:
+            bias[r, e] = 1e4
+    return jnp.asarray(bias)
+
+
+@pytest.mark.parametrize("precision", ["exact", "greedy"])
+@pytest.mark.parametrize("path", ["cached", "recurrent", "no_cache"])
+def test_ar_stop_at_eos_stops_early_and_matches_full_decoding(eos_models, path, precision):
+    g_def, params = eos_models["gla" if path == "recurrent" else "attn"]
+    base = ARSampler(chunk=EOS_CHUNK, use_cache=path != "no_cache", precision=precision).bind(Tok)
+    stop = base.replace(stop_at_eos=True)
+    stop.check(objective="ar", length=EOS_LEN, prompt_len=EOS_P)
+
+    @jax.jit
+    def both(params, key, prompt, bias):
+        model = _EosAt(nnx.merge(g_def, params), bias)
+        return [s.generate(model, key, prompt, EOS_LEN) for s in (base, stop)]
+
+    g = EOS_LEN - EOS_P
+    prompt = jnp.array([[1, 2], [3, 4]], jnp.int32)
+    cases = [(EOS_P + 5, EOS_P + 70),   # stops in the second cache segment
+             (EOS_P + 12, EOS_P + 3),   # stops in the first: the second and the remainder skipped
+             (EOS_P + 76, EOS_P + 2),   # last EOS in the remainder chunk
+             (EOS_P, EOS_P + 1),        # EOS from the prefill in row 0
+             (None, None)]              # no EOS: the full length
+    for ends in cases:
+        (full, nfe_full), (short, nfe) = both(params, jax.random.PRNGKey(8), prompt, _eos_bias(ends))
+        full, short, nfe = np.asarray(full), np.asarray(short), int(nfe)
+        assert int(nfe_full) == g and short.shape == (2, EOS_LEN)
+        if ends[0] is None:
+            assert (short == full).all() and nfe == g and not (full == Tok.eos_id).any()
+            continue
+        for r, e in enumerate(ends):
+            assert full[r, e] == Tok.eos_id and not (full[r, EOS_P:e] == Tok.eos_id).any()
+            assert (short[r, :e + 1] == full[r, :e + 1]).all(), (ends, r)
+            assert (short[r, e + 1:] == Tok.eos_id).all(), (ends, r)
+        m = max(ends) - EOS_P                    # generated index at which the last row is done
+        want = min(g, 1 + EOS_CHUNK * -(-m // EOS_CHUNK)) if path == "cached" else m + 1
+        assert nfe == want, (ends, nfe, want)
+        assert nfe < g or max(ends) - EOS_P > 9 * EOS_CHUNK
+
+
+def test_ar_stop_at_eos_needs_a_bound_tokenizer():
+    with pytest.raises(UserError) as e:
+        ARSampler(stop_at_eos=True).check(objective="ar", length=16, prompt_len=0)
+    assert "stop_at_eos" in str(e.value) and "\n" not in str(e.value)
+    assert ARSampler(stop_at_eos=True).bind(Tok).eos_id == Tok.eos_id

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import FIXTURES, REPO, TEXT, TINY, assert_same_curve, compose
 
-import sandbox.train as train_mod
+import sandbox.data.batches as batches_mod
 from sandbox.errors import UserError
 from sandbox.train import run
 
@@ -102,7 +102,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(uninterrupted, sandbox
                                                           monkeypatch, obj):
     """SIGTERM during step 4 (not a checkpoint step): the trainer saves step 4 and exits;
     running the same command again continues exactly as if never stopped."""
-    real_get_batch = train_mod.get_batch
+    real_get_batch = batches_mod.get_batch
 
     def get_batch(*args, step, **kw):
         if step == 4:
@@ -111,13 +111,13 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(uninterrupted, sandbox
 
     cfg = tiny_cfg(obj, cache=sandbox_cache)
     d = tmp_path / "b"
-    monkeypatch.setattr(train_mod, "get_batch", get_batch)
+    monkeypatch.setattr(batches_mod, "get_batch", get_batch)
     with pytest.raises(SystemExit) as exit_info:
         run(cfg, d)
     assert exit_info.value.code == 128 + signal.SIGTERM
     assert max(r["step"] for r in records(d, "train")) == 4
     assert sorted(int(p.name) for p in (d / "checkpoints").iterdir() if p.name.isdigit()) == [3, 4]
-    monkeypatch.setattr(train_mod, "get_batch", real_get_batch)
+    monkeypatch.setattr(batches_mod, "get_batch", real_get_batch)
 
     result = run(tiny_cfg(obj, cache=sandbox_cache), d)
     assert result["step"] == 6

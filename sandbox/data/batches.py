@@ -90,3 +90,42 @@ def eval_batches(tokens: np.ndarray, *, batch_size: int, seq_len: int,
                           None if max_batches is None else max_batches * batch_size)
     for i in range(0, len(starts), batch_size):
         yield _gather(tokens, starts[i:i + batch_size], seq_len)
+
+
+class LMBatches:
+    """The trainer's batch source for a prepared corpus (``sandbox.data.prepare``): random
+    windows of the training split (``get_batch``), fixed windows of ``val`` (``eval_batches``).
+
+    A data config whose object has a ``batch_source(tokenizer, cache_dir, progress)`` method
+    brings its own source instead (``sandbox.data.edits.task.EditBatches``: conditional
+    sequences, batches as ``{"tokens", "cond"}``). Both answer the same four calls.
+    ``unique_tokens`` keeps only the first N tokens of the split (the data-repetition study).
+    """
+
+    conditional = False
+
+    def __init__(self, data, split: str, seq_len: int, unique_tokens: int | None = None):
+        if split not in data.splits:
+            raise UserError(f"train.train_split={split!r}: choose one of {', '.join(data.splits)}")
+        check_seq_len(data.splits[split], seq_len, split)
+        check_seq_len(data.splits["val"], seq_len, "val")
+        tokens = data.splits[split]
+        if unique_tokens is not None:
+            if unique_tokens > len(tokens):
+                raise UserError(f"train.unique_tokens={unique_tokens} exceeds the {len(tokens)} tokens of "
+                                f"the {split} split; lower it or leave it null (the whole split)")
+            tokens = tokens[:unique_tokens]
+        self.data, self.tokens, self.seq_len = data, tokens, seq_len
+        self.unique_tokens = int(len(tokens))
+
+    def train_batch(self, *, seed: int, step: int, batch_size: int, process_index: int = 0,
+                    process_count: int = 1) -> np.ndarray:
+        return get_batch(self.tokens, seed=seed, step=step, batch_size=batch_size, seq_len=self.seq_len,
+                         process_index=process_index, process_count=process_count)
+
+    def eval_batches(self, *, batch_size: int, max_batches: int | None) -> Iterator[np.ndarray]:
+        return eval_batches(self.data.splits["val"], batch_size=batch_size, seq_len=self.seq_len,
+                            max_batches=max_batches)
+
+    def eval_tokens_per_byte(self, **_) -> float:
+        return self.data.tokens_per_byte("val")

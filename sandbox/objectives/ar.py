@@ -6,6 +6,9 @@ x_{L-2}]`` under a causal mask and predicts ``x_0 .. x_{L-1}``; the first predic
 unconditional, exactly like a diffusion model's view of the window.
 
 loss = -1/(B L) sum_{b,l} log p(x_l | BOS, x_<l)   (nats per token)
+
+Conditional data (``cond[B, L]`` True on a prompt, ``sandbox.data.edits.task``): the same
+forward, averaged over the positions outside the prompt only, i.e. -log p(target | prompt).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
-from sandbox.objectives.base import Objective, token_nll
+from sandbox.objectives.base import Objective, seq_mean, token_nll
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class AR(Objective):
     mask_kind: str = "causal"
     exact: bool = True
     flops_factor: float = 1.0
+    conditional: bool = True
 
     def bind(self, tokenizer):
         return self.replace(bos_id=int(tokenizer.bos_id))
@@ -39,13 +43,13 @@ class AR(Objective):
         logits = model(self.inputs(tokens), mask_kind=self.mask_kind)
         return token_nll(logits, tokens)
 
-    def loss(self, model, tokens, key):
+    def loss(self, model, tokens, key, cond=None):
         del key
         with self.aux_losses() as aux:
             nll = self.per_token(model, tokens)
-        loss = jnp.mean(nll)
+        loss = jnp.mean(nll) if cond is None else jnp.sum(jnp.where(cond, 0.0, nll)) / jnp.sum(~cond)
         return self.add_aux(loss, {"nll": loss}, aux)
 
-    def nll(self, model, tokens, key, draws: int | None = None):
+    def nll(self, model, tokens, key, draws: int | None = None, cond=None):
         del key, draws  # exact: one draw
-        return jnp.mean(self.per_token(model, tokens), axis=-1)[None, :]  # [1, B]
+        return seq_mean(self.per_token(model, tokens), cond)[None, :]  # [1, B]

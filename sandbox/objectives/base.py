@@ -10,6 +10,8 @@ training loss and a likelihood figure comparable across objectives:
   diffusion objective this is an upper bound (NELBO) and the ``K`` draws let the
   evaluator report a Monte-Carlo standard error.
 - ``mask_kind``: the attention mask it needs from the backbone.
+- ``conditional``: whether ``loss`` / ``nll`` take ``cond[B, L]`` (True on prompt positions,
+  which are clean context, never corrupted or scored; ``sandbox.data.edits.task``).
 - ``flops_factor``: forward cost of one training token relative to one backbone token
   (2 for block diffusion's doubled input), used for compute-matched budgets.
 
@@ -39,6 +41,7 @@ class Objective:
     mask_kind: str = "causal"
     exact: bool = True
     flops_factor: float = 1.0
+    conditional: bool = False
 
     def bind(self, tokenizer) -> Objective:
         """Return a copy that knows the tokenizer's special token ids."""
@@ -78,6 +81,14 @@ def suppress(logits, ids):
     (``.at[...].set``) would copy the whole [B, L, V] array."""
     ids = jnp.asarray(tuple(ids), jnp.int32)
     return jnp.where(jnp.isin(jnp.arange(logits.shape[-1]), ids), -jnp.inf, logits)
+
+
+def seq_mean(values, cond=None):
+    """Per-sequence mean of values[B, L] over the positions outside the prompt (all if cond is
+    None) -> [B]."""
+    if cond is None:
+        return jnp.mean(values, axis=-1)
+    return jnp.sum(jnp.where(cond, 0.0, values), axis=-1) / jnp.maximum(jnp.sum(~cond, axis=-1), 1)
 
 
 def token_nll(logits, targets):

@@ -26,6 +26,10 @@ Design choices:
   time form whose 1/t weight gives draws of infinite variance near t = 0. ``K`` draws
   per sequence are stratified over k and the evaluator reports their standard error.
   ``eval_estimator=time`` keeps the time form (clipped at ``eval_t_min``) for comparison.
+- Conditional data (``cond[B, L]`` True on a clean prompt, ``sandbox.data.edits.task``): only
+  positions outside the prompt are ever masked or scored, and the bound is divided by their
+  number, so it bounds -log p(target | prompt) per target token (the count form then draws
+  k ~ U{1..#target}).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from sandbox.errors import UserError
-from sandbox.objectives.base import Objective, suppress, token_nll
+from sandbox.objectives.base import Objective, seq_mean, suppress, token_nll
 from sandbox.objectives.schedules import Linear, make_schedule
 
 
@@ -54,6 +58,7 @@ class MDLM(Objective):
     mask_kind: str = "bidirectional"
     exact: bool = False
     flops_factor: float = 1.0
+    conditional: bool = True
     _sched: object = field(default=Linear(), repr=False, compare=False)
 
     def __post_init__(self):
@@ -75,10 +80,13 @@ class MDLM(Objective):
             t = jax.random.uniform(key, (n,))
         return t_min + (1.0 - t_min) * t
 
-    def corrupt(self, key, tokens, t):
-        """Mask each token with probability 1 - alpha(t). tokens[B, L], t[B] -> (z, masked)."""
+    def corrupt(self, key, tokens, t, cond=None):
+        """Mask each token (outside the prompt ``cond``) with probability 1 - alpha(t).
+        tokens[B, L], t[B] -> (z, masked)."""
         p_mask = 1.0 - self._sched.alpha(t)[:, None]
         masked = jax.random.uniform(key, tokens.shape) < p_mask
+        if cond is not None:
+            masked = masked & ~cond
         return jnp.where(masked, self.mask_id, tokens), masked
 
     def logits(self, model, z):
@@ -86,43 +94,48 @@ class MDLM(Objective):
         logits = model(z, mask_kind=self.mask_kind)
         return suppress(logits, (self.mask_id,))
 
-    def nelbo(self, model, tokens, key, t):
-        """Single-draw NELBO per sequence [B] in nats per token, at times t[B]."""
+    def nelbo(self, model, tokens, key, t, cond=None):
+        """Single-draw NELBO per sequence [B] in nats per (target) token, at times t[B]."""
         assert self.mask_id >= 0, "call objective.bind(tokenizer) first"
-        z, masked = self.corrupt(key, tokens, t)
+        z, masked = self.corrupt(key, tokens, t, cond)
         ce = token_nll(self.logits(model, z), tokens)
         w = self._sched.weight(jnp.maximum(t, 1e-12))[:, None]
-        return jnp.mean(jnp.where(masked, w * ce, 0.0), axis=-1)
+        return seq_mean(jnp.where(masked, w * ce, 0.0), cond)
 
     # -- the objective API -------------------------------------------------------------------
-    def loss(self, model, tokens, key):
+    def loss(self, model, tokens, key, cond=None):
         kt, km = jax.random.split(key)
         t = self.sample_times(kt, tokens.shape[0], self.t_min)
         with self.aux_losses() as aux:
-            per_seq = self.nelbo(model, tokens, km, t)
+            per_seq = self.nelbo(model, tokens, km, t, cond)
         loss = jnp.mean(per_seq)
         return self.add_aux(loss, {"nelbo": loss}, aux)
 
-    def nll_count(self, model, tokens, key, k):
+    def nll_count(self, model, tokens, key, k, cond=None):
         """Masked-count form, one draw per sequence [B]: mask exactly k[b] random positions
-        and average the cross-entropy over them (nats per token, unbiased for NELBO / L)."""
+        (outside the prompt) and average the cross-entropy over them (nats per token,
+        unbiased for NELBO / L)."""
         b, l = tokens.shape
-        rank = jnp.argsort(jax.random.uniform(key, (b, l)), axis=-1).argsort(axis=-1)
+        u = jax.random.uniform(key, (b, l))
+        if cond is not None:
+            u = jnp.where(cond, 2.0, u)  # prompt positions rank last: never among the k
+        rank = jnp.argsort(u, axis=-1).argsort(axis=-1)
         masked = rank < k[:, None]
         z = jnp.where(masked, self.mask_id, tokens)
         ce = token_nll(self.logits(model, z), tokens)
         return jnp.sum(jnp.where(masked, ce, 0.0), axis=-1) / k
 
-    def nll(self, model, tokens, key, draws: int | None = None):
+    def nll(self, model, tokens, key, draws: int | None = None, cond=None):
         """NELBO draws [K, B] in nats per token, stratified over K draws per sequence."""
         assert self.mask_id >= 0, "call objective.bind(tokenizer) first"
         n = int(draws or self.eval_draws)
-        b, l = tokens.shape
+        b = tokens.shape[0]
+        l = tokens.shape[1] if cond is None else jnp.sum(~cond, axis=-1)[None, :]    # [1, B]
         ku, km = jax.random.split(key)
         u = (jax.random.uniform(ku, (b,))[None, :] + jnp.arange(n)[:, None]) / n   # [K, B] in [0, 1)
         keys = jax.random.split(km, n)
         if self.eval_estimator == "count":
             k = jnp.clip(jnp.floor(u * l).astype(jnp.int32) + 1, 1, l)            # k ~ U{1..L}
-            return jax.lax.map(lambda a: self.nll_count(model, tokens, a[0], a[1]), (keys, k))
+            return jax.lax.map(lambda a: self.nll_count(model, tokens, a[0], a[1], cond), (keys, k))
         t = self.eval_t_min + (1.0 - self.eval_t_min) * u
-        return jax.lax.map(lambda a: self.nelbo(model, tokens, a[0], a[1]), (keys, t))
+        return jax.lax.map(lambda a: self.nelbo(model, tokens, a[0], a[1], cond), (keys, t))

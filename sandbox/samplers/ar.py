@@ -18,6 +18,16 @@ Temperature, top-k and top-p act on the logits before the exact categorical draw
 (``categorical.sample``). BOS, PAD and MASK never occur as targets in the training data, so
 their logits are suppressed (an undertrained model would otherwise emit them); EOS stays.
 NFE = number of generated tokens (prefill included).
+
+``stop_at_eos`` (off by default: the speed benchmark times fixed-length decoding) stops as
+soon as every row has produced EOS, so a short answer (a code edit) costs only its own
+tokens; every position after a row's first EOS is set to EOS and the output keeps its shape
+[B, length]. The token loop becomes a ``lax.while_loop`` whose condition also asks
+``~all(done)``: with the KV cache one iteration per chunk (the step loop inside a chunk
+still runs all ``chunk`` steps, so the stop is chunk-granular); on the recurrent and the
+no-cache paths one iteration per token. NFE then counts the calls actually made: the
+prefill (1) plus the decode steps run, at most the length without early stop. Tokens up to
+each row's first EOS are those of ``stop_at_eos=false`` with the same key.
 """
 
 from __future__ import annotations
@@ -59,7 +69,9 @@ class ARSampler(Sampler):
     use_cache: bool = True
     chunk: int = 16
     precision: str = "exact"
+    stop_at_eos: bool = False  # stop once every row has produced EOS (module doc)
     bos_id: int = -1
+    eos_id: int = -1
     banned_ids: tuple = ()
     name: str = "ar"
     family: str = "ar"
@@ -67,7 +79,7 @@ class ARSampler(Sampler):
     def bind(self, tokenizer):
         banned = tuple(int(getattr(tokenizer, f)) for f in ("bos_id", "pad_id", "mask_id")
                        if getattr(tokenizer, f, None) is not None)
-        return self.replace(bos_id=int(tokenizer.bos_id), banned_ids=banned)
+        return self.replace(bos_id=int(tokenizer.bos_id), eos_id=int(tokenizer.eos_id), banned_ids=banned)
 
     def check(self, **kw):
         super().check(**kw)
@@ -79,6 +91,9 @@ class ARSampler(Sampler):
             raise UserError(f"sampler.top_k={self.top_k} must be >= 0 (0: off)")
         if self.chunk < 1:
             raise UserError(f"sampler.chunk={self.chunk} must be >= 1 (tokens per decode chunk)")
+        if self.stop_at_eos and self.eos_id < 0:
+            raise UserError("sampler.stop_at_eos needs the tokenizer's EOS id: bind the sampler to "
+                            "the tokenizer first")
 
     def _draw(self, key, logits):
         if self.banned_ids:
@@ -89,7 +104,7 @@ class ARSampler(Sampler):
     def _decode_cached(self, model, keys, seq, g):
         """Prefill seq[B, P+1] in one call, then g-1 one-token steps in chunks of ``chunk``:
         an inner scan over a chunk reads the cache (frozen) and a C-slot buffer; the outer
-        scan commits the buffer to the cache once per chunk. -> tokens[B, g]."""
+        scan commits the buffer to the cache once per chunk. -> (tokens[B, g], nfe)."""
         b, p1 = seq.shape
         n = g - 1
         c = max(1, min(self.chunk, n))
@@ -118,6 +133,8 @@ class ARSampler(Sampler):
             tok, buf, toks = run_chunk(tok, frozen, start, ks)
             return (tok, model.commit(cache, buf, start)), toks
 
+        if self.stop_at_eos:
+            return self._decode_cached_stop(keys, first, cache, g, c, nfull, rem, p1, run_chunk, chunk)
         parts = [first[:, None]]
         tok = first
         for j0, j1, view in _segments(p1, c, nfull):
@@ -128,12 +145,45 @@ class ARSampler(Sampler):
         if rem:
             _, _, toks = run_chunk(tok, cache, p1 + nfull * c, keys[1 + nfull * c:])
             parts.append(toks.T)
-        return jnp.concatenate(parts, axis=1)
+        return jnp.concatenate(parts, axis=1), jnp.int32(g)
+
+    def _decode_cached_stop(self, keys, first, cache, g, c, nfull, rem, p1, run_chunk, chunk):
+        """``_decode_cached`` with ``stop_at_eos``: the chunks of each static-view segment
+        run in a lax.while_loop that also stops once every row is done, writing into a
+        preallocated out[B, g] (EOS where never written); the remainder chunk is skipped
+        (lax.cond) when all rows are done. -> (tokens[B, g], nfe)."""
+        b = first.shape[0]
+        out = jnp.full((b, g), self.eos_id, jnp.int32).at[:, 0].set(first)
+        done = first == self.eos_id
+        tok, nfe = first, jnp.int32(1)
+        for j0, j1, view in _segments(p1, c, nfull):
+            def cond(carry, j1=j1):
+                j, done = carry[4], carry[3]
+                return (j < j1) & ~jnp.all(done)
+
+            def body(carry, view=view):
+                tok, cache, out, done, j, nfe = carry
+                ks = jax.lax.dynamic_slice_in_dim(keys, 1 + j * c, c)
+                (tok, cache), toks = chunk((tok, cache), (j, ks), view)          # toks[c, B]
+                out = jax.lax.dynamic_update_slice(out, toks.T, (0, 1 + j * c))
+                done = done | jnp.any(toks == self.eos_id, axis=0)
+                return tok, cache, out, done, j + 1, nfe + c
+
+            tok, cache, out, done, _, nfe = jax.lax.while_loop(
+                cond, body, (tok, cache, out, done, jnp.int32(j0), nfe))
+        if rem:
+            def last(out, nfe):
+                _, _, toks = run_chunk(tok, cache, p1 + nfull * c, keys[1 + nfull * c:])
+                return out.at[:, 1 + nfull * c:].set(toks.T), nfe + rem
+
+            out, nfe = jax.lax.cond(jnp.all(done), lambda o, n: (o, n), last, out, nfe)
+        return out, nfe
 
     def _decode_recurrent(self, model, keys, seq, g):
         """Recurrent backbones (``model.recurrent``, e.g. gated linear attention): one
         ``model.prefill`` of seq[B, P+1] gives the logits and the fixed-size state, then g-1
-        ``model.step`` calls in one lax.scan. -> tokens[B, g]."""
+        ``model.step`` calls in one lax.scan (``stop_at_eos``: a lax.while_loop per token that
+        stops once every row is done). -> (tokens[B, g], nfe)."""
         p1 = seq.shape[1]
         logits, state = model.prefill(seq)
         first = self._draw(keys[0], logits[:, -1])
@@ -145,8 +195,20 @@ class ARSampler(Sampler):
             nxt = self._draw(k, logits[:, 0])
             return (nxt, state), nxt
 
+        if self.stop_at_eos:  # one while_loop iteration per token, until every row is done
+            def body(carry):
+                tok, state, out, done, i, nfe = carry
+                (tok, state), _ = step((tok, state), (i, keys[1 + i]))
+                out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, 1 + i))
+                return tok, state, out, done | (tok == self.eos_id), i + 1, nfe + 1
+
+            out = jnp.full((first.shape[0], g), self.eos_id, jnp.int32).at[:, 0].set(first)
+            init = (first, state, out, first == self.eos_id, jnp.int32(0), jnp.int32(1))
+            _, _, out, _, _, nfe = jax.lax.while_loop(
+                lambda c: (c[4] < g - 1) & ~jnp.all(c[3]), body, init)
+            return out, nfe
         _, toks = jax.lax.scan(step, (first, state), (jnp.arange(g - 1), keys[1:]))
-        return jnp.concatenate([first[:, None], toks.T], axis=1)
+        return jnp.concatenate([first[:, None], toks.T], axis=1), jnp.int32(g)
 
     def generate(self, model, key, prompt, length: int):
         b, p = prompt.shape
@@ -155,9 +217,9 @@ class ARSampler(Sampler):
         seq = jnp.concatenate([bos, prompt.astype(jnp.int32)], axis=1)  # [B, P + 1]
         keys = jax.random.split(key, g)
         if self.use_cache and getattr(model, "recurrent", False):
-            gen = self._decode_recurrent(model, keys, seq, g)
+            gen, nfe = self._decode_recurrent(model, keys, seq, g)
         elif self.use_cache and hasattr(model, "decode_step"):
-            gen = self._decode_cached(model, keys, seq, g)
+            gen, nfe = self._decode_cached(model, keys, seq, g)
         else:
             buf = jnp.zeros((b, length + 1), jnp.int32).at[:, : p + 1].set(seq)
 
@@ -167,6 +229,19 @@ class ARSampler(Sampler):
                 nxt = self._draw(k, jax.lax.dynamic_index_in_dim(logits, p + i, 1, keepdims=False))
                 return jax.lax.dynamic_update_slice(buf, nxt[:, None], (0, p + 1 + i)), None
 
-            buf, _ = jax.lax.scan(step, buf, (jnp.arange(g), keys))
+            if self.stop_at_eos:  # one while_loop iteration per token, until every row is done
+                def body(carry):
+                    buf, done, i = carry
+                    buf, _ = step(buf, (i, keys[i]))
+                    nxt = jax.lax.dynamic_index_in_dim(buf, p + 1 + i, 1, keepdims=False)
+                    return buf, done | (nxt == self.eos_id), i + 1
+
+                buf, _, nfe = jax.lax.while_loop(lambda c: (c[2] < g) & ~jnp.all(c[1]), body,
+                                                 (buf, jnp.zeros((b,), bool), jnp.int32(0)))
+            else:
+                buf, _ = jax.lax.scan(step, buf, (jnp.arange(g), keys))
+                nfe = jnp.int32(g)
             gen = buf[:, p + 1:]
-        return jnp.concatenate([prompt.astype(jnp.int32), gen], axis=1), jnp.int32(g)
+        if self.stop_at_eos:  # after a row's first EOS: EOS (tokens drawn past it are dropped)
+            gen = jnp.where(jnp.cumsum(gen == self.eos_id, axis=1) > 0, self.eos_id, gen)
+        return jnp.concatenate([prompt.astype(jnp.int32), gen], axis=1), nfe

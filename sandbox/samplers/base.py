@@ -4,7 +4,9 @@ A sampler is a frozen dataclass of settings. ``generate(model, key, prompt, leng
 pure, traceable function: ``prompt[B, P]`` (``P`` may be 0) -> ``(tokens[B, length], nfe)``
 where ``tokens[:, :P] == prompt`` and ``nfe`` is the number of backbone forward passes it
 made (an int32 scalar). Loops are ``lax.scan`` / ``lax.while_loop``: one compiled function
-per (sampler, batch, prompt length, length), never a Python loop per step.
+per (sampler, batch, prompt length, length), never a Python loop per step. Masked-diffusion
+samplers also have ``infill(model, key, z, start)`` (a canvas with known tokens after the
+prompt; ``samplers/mdm.py``).
 
 ``family`` says which objectives' checkpoints it can read (``ar`` or ``mdm``); ``bind``
 copies in the tokenizer's special ids; ``check`` raises a one-line UserError for settings

@@ -18,6 +18,13 @@ JAX 0.10), and turning x64 on globally would change every default dtype in the l
 ``precision="fp32_truncating"`` is ``jax.random.categorical`` in float32 (the truncating
 form). It exists only so the ablation and the test can show the effect.
 
+``precision="greedy"`` is not sampling: it returns ``argmax(logits)`` and ignores the key.
+It is argmax decoding for exact-match benchmarks (code edits), where a sampled answer would
+make the score depend on the seed. Temperature, top-k and top-p do not change the argmax.
+Diffusion samplers still choose *which* positions to reveal as before (a Bernoulli draw, a
+ranking by confidence); only the token drawn at a revealed position becomes the argmax, and
+its confidence is then the maximum probability.
+
 Diffusion samplers use the *two-stage* form: positions to reveal are chosen first (a
 Bernoulli or a ranking), then tokens are drawn from the model's unscaled distribution with
 this function. The single "scaled" categorical over ``[p * (1 - r), r]`` (token or stay
@@ -31,7 +38,7 @@ import jax.numpy as jnp
 
 from sandbox.errors import UserError
 
-PRECISIONS = ("exact", "fp32_truncating")
+PRECISIONS = ("exact", "fp32_truncating", "greedy")
 
 
 def check_precision(precision: str) -> str:
@@ -53,8 +60,11 @@ def exact_gumbel(key, shape):
 
 
 def sample(key, logits, precision: str = "exact"):
-    """Draw from softmax(logits) over the last axis. logits[..., V] -> int32[...]."""
+    """Draw from softmax(logits) over the last axis (``greedy``: its argmax, key unused).
+    logits[..., V] -> int32[...]."""
     logits = logits.astype(jnp.float32)
+    if precision == "greedy":
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     if precision == "fp32_truncating":
         return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
     return jnp.argmax(logits + exact_gumbel(key, logits.shape), axis=-1).astype(jnp.int32)

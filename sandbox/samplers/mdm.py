@@ -1,7 +1,10 @@
 """Masked-diffusion samplers for checkpoints trained with ``objective=mdlm``.
 
 Every sampler fills a canvas ``[prompt ; MASK * (length - P)]``: prompt tokens are never
-touched and the output contains no mask token. The generated region can be split into
+touched and the output contains no mask token. ``infill(model, key, z, start)`` is the
+general form (``generate`` calls it): the canvas may also hold known tokens after
+``start``, which are kept, and only its mask tokens are generated (code edits: the unchanged
+lines are known). The generated region ``[start, L)`` can be split into
 semi-autoregressive blocks (``block_size``; 0 = one block) filled left to right; the total
 ``steps`` are shared equally between blocks. The model reads the whole canvas with a
 bidirectional mask; the SUBS parameterisation means the mask token is never predicted and
@@ -107,18 +110,35 @@ class MaskedDiffusionSampler(Sampler):
         return x, jnp.exp(picked - jax.nn.logsumexp(logits, axis=-1))
 
     def generate(self, model, key, prompt, length: int):
+        """prompt[B, P] -> (tokens[B, length], nfe): ``infill`` of ``[prompt ; MASK * (length - P)]``
+        from ``start=P`` (one code path for both)."""
         b, p = prompt.shape
-        gen = length - p
+        z = jnp.concatenate([prompt.astype(jnp.int32), jnp.full((b, length - p), self.mask_id, jnp.int32)], 1)
+        return self.infill(model, key, z, p)
+
+    def infill(self, model, key, z, start: int):
+        """Fill the mask tokens of a partly known canvas z[B, L] at positions >= ``start``;
+        every other position (the prompt before ``start``, known tokens after it) is kept
+        and read as context. Returns (tokens[B, L], nfe).
+
+        Why: a code edit knows most of its output (the unchanged lines around the edit), and
+        generating only the unknown positions is both the task and far cheaper. The blocks
+        (``block_size``) and the shared ``steps`` are laid over [start, L) exactly as for
+        ``generate``; each block reveals only its masked positions, and a block (or a row)
+        with none is a no-op that costs no model call. ``start`` is static (a Python int).
+        Mask tokens before ``start`` are left alone (and stay masks)."""
+        length = z.shape[1]
+        gen = length - start
         bs = self.block_size or gen
         n_blocks = self.n_blocks(gen)
         per_block = max(1, self.steps // n_blocks)
-        z = jnp.concatenate([prompt.astype(jnp.int32), jnp.full((b, gen), self.mask_id, jnp.int32)], 1)
+        z = z.astype(jnp.int32)
         pos = jnp.arange(length)
 
         def block(i, carry):
             z, nfe = carry
-            start = p + i * bs
-            eligible = (pos >= start) & (pos < jnp.minimum(start + bs, length))
+            lo = start + i * bs
+            eligible = (pos >= lo) & (pos < jnp.minimum(lo + bs, length))
             z, n = self.fill_block(model, jax.random.fold_in(key, i), z, eligible, per_block)
             return z, nfe + n
 
@@ -150,7 +170,8 @@ class Ancestral(MaskedDiffusionSampler):
             return (jnp.where(reveal, x, z), logits, jnp.any(reveal), nfe), None
 
         keys = jax.random.split(key, n_steps)
-        (z, _, _, nfe), _ = jax.lax.scan(step, (z, logits0, jnp.bool_(True), jnp.int32(0)),
+        todo = jnp.any((z == self.mask_id) & eligible)  # nothing masked (infill): no call at all
+        (z, _, _, nfe), _ = jax.lax.scan(step, (z, logits0, todo, jnp.int32(0)),
                                          (ts[:-1], ts[1:], keys))
         return z, nfe
 
@@ -193,21 +214,25 @@ class TopKConfidence(MaskedDiffusionSampler):
     name: str = "mdm_topk_confidence"
 
     def fill_block(self, model, key, z, eligible, n_steps):
-        n_gen = jnp.sum(eligible)
+        # Per row: only the masked positions count (infill keeps known tokens), so k [B] per
+        # step. done_by[-1] = n_gen reveals every masked position by the last step; a row
+        # with none takes nothing, and a step where no row takes anything calls no model.
+        n_gen = jnp.sum((z == self.mask_id) & eligible, axis=-1)                       # [B]
         ts = time_grid(n_steps, self.grid)
-        done_by = jnp.round(n_gen * (1.0 - ts)).astype(jnp.int32).at[-1].set(n_gen)   # [n + 1]
+        done_by = jnp.round(n_gen[None, :] * (1.0 - ts)[:, None]).astype(jnp.int32)   # [n + 1, B]
+        done_by = done_by.at[-1].set(n_gen)
 
         def step(carry, xs):
             z, nfe = carry
-            k_i, k = xs
+            k_i, k = xs                                                                # k_i [B]
 
             def reveal():
                 x, conf = self.draw(k, self.predict(model, z))
                 cand = (z == self.mask_id) & eligible
-                take = cand & (_rank(jnp.where(cand, conf, -1.0)) < k_i)
+                take = cand & (_rank(jnp.where(cand, conf, -1.0)) < k_i[:, None])
                 return jnp.where(take, x, z), nfe + 1
 
-            return jax.lax.cond(k_i > 0, reveal, lambda: (z, nfe)), None
+            return jax.lax.cond(jnp.any(k_i > 0), reveal, lambda: (z, nfe)), None
 
         (z, nfe), _ = jax.lax.scan(step, (z, jnp.int32(0)),
                                    (done_by[1:] - done_by[:-1], jax.random.split(key, n_steps)))
