@@ -59,6 +59,19 @@ NAMES = {"exact": "exact_match", "ast": "ast_match", "parses": "parse_rate", "ap
          "line_recall": "changed_line_recall"}
 
 
+# settings that do not change what an edit decodes to (ids, names, cache layout)
+_PLUMBING = {"name", "family", "mask_id", "bos_id", "eos_id", "banned_ids", "chunk", "use_cache",
+             "stop_at_eos"}
+
+
+def short_settings(sampler) -> dict:
+    """The sampler settings that label a result (greedy: temperature / top-k / top-p drop out)."""
+    out = {k: v for k, v in sampler.settings().items() if k not in _PLUMBING}
+    if out.get("precision") == "greedy":
+        out = {k: v for k, v in out.items() if k not in ("temperature", "top_k", "top_p")}
+    return out
+
+
 def _renamed(means: dict) -> dict:
     return {NAMES.get(k, k): v for k, v in means.items()}
 
@@ -204,7 +217,8 @@ def summarize(run: LoadedRun, sampler, items, split: str, variant: str, r: dict,
             "run": str(run.dir), "step": run.step, "weights": run.weights, "objective": run.objective.name,
             "model": str(run.cfg.model.get("name", "?")), "tokenizer": run.tokenizer.name,
             "format": format_name(fmt, variant), "trained_format": fmt, "sampler": sampler.name,
-            "settings": sampler.settings(), "precision": sampler.precision, "seed": seed, "split": split,
+            "settings": short_settings(sampler), "sampler_settings": sampler.settings(),
+            "precision": sampler.precision, "seed": seed, "split": split,
             "n": len(items), "n_too_long": sum(1 for p in r["preds"] if p.get("too_long")),
             "metrics": _renamed(agg["all"]),
             "by_kind": {k: _renamed(m) for k, m in agg["by_kind"].items()}, "by_diff_size": by_bin,
@@ -243,7 +257,7 @@ def edits(cfg) -> list[dict]:
     for variant in variants_for(cfg, run, sampler):
         r = run_variant(run, sampler, items, variant, seed, bool(cfg.get("progress", True)))
         line = summarize(run, sampler, items, split, variant, r, seed)
-        tag = hashlib.sha256(json.dumps([line["settings"], split, [it.id for it in items]],
+        tag = hashlib.sha256(json.dumps([line["sampler_settings"], split, [it.id for it in items]],
                                         sort_keys=True).encode()).hexdigest()[:8]
         pred_file = out_dir / f"{line['format']}-{sampler.name}-{tag}-seed{seed}.jsonl"
         out_dir.mkdir(exist_ok=True)

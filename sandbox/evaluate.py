@@ -5,6 +5,9 @@ option sets ``eval._target_`` to the function that runs it; the entry point inst
 that node as a partial and calls it with the whole config. Adding an evaluation is one
 function plus one ``conf/eval/<kind>.yaml``, with no edit here.
 
+``eval=edits`` (``sandbox.edits_eval.edits``): code-edit exact match and latency per edit of
+a run trained with ``data=stdlib_edits``; see that module.
+
 ``eval=quality`` (:func:`quality`): generate ``num_samples`` samples with the run's EMA
 weights (``sandbox.sample``: same sampler configs, same checks, one compiled function),
 then compute ``sandbox.quality.sample_quality`` for them *and* for ``num_samples``

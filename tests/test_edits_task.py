@@ -217,7 +217,8 @@ def test_eval_edits_writes_summaries_latencies_and_predictions(edit_runs):
         assert 0 <= line["metrics"]["exact_match"] <= 1 and line["latency_s_per_edit"] > 0
         preds = [json.loads(x) for x in open(line["predictions"])]
         assert len(preds) == line["n"]
-    assert ar[0]["settings"]["stop_at_eos"] is True
+    assert ar[0]["sampler_settings"]["stop_at_eos"] is True
+    assert ar[0]["settings"] == {"precision": "greedy"}
     # diffusion fills the whole canvas: NFE of top-k is its step count; the oracle canvases need fewer
     assert md[0]["nfe_per_edit"] == 8 and md[2]["nfe_per_edit"] <= 8
     s, lat = load_edits([edit_runs["ar"], edit_runs["mdlm"]])

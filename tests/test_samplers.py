@@ -351,17 +351,6 @@ def _blocks_of(s, gen):
 
 
 @pytest.mark.parametrize("s", INFILL, ids=lambda s: f"{s.name}-b{s.block_size}")
-def test_infill_with_nothing_known_is_generate(tiny, infill_fns, s):
-    g, p = tiny
-    s = s.bind(Tok)
-    key = jax.random.PRNGKey(4)
-    toks, nfe = compile_sampler(s, g, INFILL_LEN)(p, key, INFILL_PROMPT)
-    z = jnp.concatenate([INFILL_PROMPT, jnp.full((3, INFILL_LEN - 3), Tok.mask_id, jnp.int32)], 1)
-    toks2, nfe2 = infill_fns(s)(p, key, z)
-    assert (np.asarray(toks) == np.asarray(toks2)).all() and int(nfe) == int(nfe2)
-
-
-@pytest.mark.parametrize("s", INFILL, ids=lambda s: f"{s.name}-b{s.block_size}")
 def test_infill_keeps_known_tokens_and_fills_every_mask(tiny, infill_fns, s):
     """Row 0 about half known, row 1 fully known (a no-op row), row 2 a fifth known."""
     _, p = tiny
