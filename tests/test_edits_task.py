@@ -151,9 +151,10 @@ def test_mdlm_conditional_count_and_time_forms_estimate_the_same_bound():
 
 
 # --------------------------------------------------------------------------- trainer and eval=edits
-EDIT_RUN = ["data=stdlib_edits", f"+data.source.modules=[{','.join(MODULES)}]",
-            "data.source.test_per_kind=6", "data.source.val_per_kind=4",
-            *(f"+data.source.{k}={v}" for k, v in SMALL.items()),
+EDIT_DATA = ["data=stdlib_edits", f"+data.source.modules=[{','.join(MODULES)}]",
+             "data.source.test_per_kind=6", "data.source.val_per_kind=4",
+             *(f"+data.source.{k}={v}" for k, v in SMALL.items())]
+EDIT_RUN = [*EDIT_DATA,
             "data.prompt_len=384", "data.target_len=320", "train.seq_len=704", "model.max_len=704",
             "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=2",
             "train.batch_size=4", "train.steps=3", "train.eval_every=3", "train.ckpt_every=3",
@@ -258,3 +259,49 @@ def test_eval_edits_refuses_a_language_model_run(tmp_path, sandbox_cache):
     run(compose([*TINY, "objective=ar", f"cache_dir={sandbox_cache}", "train.steps=1"]), d)
     with pytest.raises(UserError, match="not data=stdlib_edits"):
         edits(_eval_cfg(d))
+
+
+@pytest.mark.parametrize("obj", ["ar", "mdlm"])
+def test_a_model_that_memorised_four_edits_reproduces_them_exactly(obj, tmp_path, sandbox_cache, monkeypatch):
+    """End to end: train on four fixed edits until memorised, then greedy eval=edits decoding
+    must reproduce each target exactly (layout, cond loss, sampler, decoding and scoring agree)."""
+    from sandbox.data.edits.task import EditBatches
+    from sandbox.edits_eval import build_sampler, run_variant
+    from sandbox.runs import load_run
+    from sandbox.train import run
+
+    items = []
+
+    def fixed(self, seed):  # the training stream cycles over four short items
+        if not items:
+            pool = [it for it in self.data.items("val", tiers="micro") if self.encode(it).fits]
+            items.extend(sorted(pool, key=lambda it: it.id)[:4])
+        return _Cycle(items)
+
+    monkeypatch.setattr(EditBatches, "_sampler", fixed)
+    d = tmp_path / obj
+    run(compose([*EDIT_DATA, "data.prompt_len=160", "data.target_len=112", "train.seq_len=272",
+                 "model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=2",
+                 "train.batch_size=8", "train.steps=150" if obj == "ar" else "train.steps=300",
+                 "train.eval_every=1000", "train.ckpt_every=1000", "train.log_every=50",
+                 "train.eval_batches=1", "train.eval_draws=1", "train.progress=false", "optim.lr=0.003",
+                 "optim.warmup_steps=10", "train.ema_decay=0.9", f"objective={obj}",
+                 f"cache_dir={sandbox_cache}"]), d)
+    r = load_run(d)
+    sampler = build_sampler(compose([f"run_dir={d}", "eval=edits"], config_name="evaluate"), r)
+    out = run_variant(r, sampler, items, "canvas", seed=0, progress=False)
+    assert [p["output"] for p in out["preds"]] == [it.after for it in items]
+    assert all(s["exact"] == 1.0 for s in out["scores"])
+
+
+class _Cycle:
+    """A training stream over a few items: row r of step s asks for index (s B + r) * _TRIES
+    (+ a retry count), so the item is chosen by index // _TRIES."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __getitem__(self, i):
+        from sandbox.data.edits.task import _TRIES
+
+        return self.items[(i // _TRIES) % len(self.items)]
