@@ -65,11 +65,20 @@ _PLUMBING = {"name", "family", "mask_id", "bos_id", "eos_id", "banned_ids", "chu
 
 
 def short_settings(sampler) -> dict:
-    """The sampler settings that label a result (greedy: temperature / top-k / top-p drop out)."""
+    """The sampler settings that label a result: what changes the decoded edit, without the
+    ones that cannot matter (greedy: temperature / top-k / top-p; threshold: steps) or sit at
+    their plain value (one block, uniform grid). ``sampler_settings`` keeps them all."""
     out = {k: v for k, v in sampler.settings().items() if k not in _PLUMBING}
+    drop = set()
     if out.get("precision") == "greedy":
-        out = {k: v for k, v in out.items() if k not in ("temperature", "top_k", "top_p")}
-    return out
+        drop |= {"temperature", "top_k", "top_p"}
+    if not getattr(sampler, "uses_steps", True):
+        drop |= {"steps", "grid"}
+    if out.get("block_size") == 0:
+        drop.add("block_size")
+    if out.get("grid") == "uniform":
+        drop.add("grid")
+    return {k: v for k, v in out.items() if k not in drop}
 
 
 def _renamed(means: dict) -> dict:

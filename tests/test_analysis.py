@@ -178,10 +178,10 @@ def test_report_on_the_fixture_writes_every_figure_and_is_idempotent(tmp_path):
     assert "Student-t" in md and "L = a * C^(-b)" in md
     assert "below AR's exact figure at 16 epochs (mdlm)" in md
     assert "| ar/d64 whole ar temperature=0.0 | 40 | 50.0% |" in md
-    # diffusion / AR latency per diff bin, best series of each (highest exact match)
-    assert "over ar/d64 whole ar temperature=0.0" in md
-    assert "| 1 | 5.0 (36.0%) | 20.0 (60.0%) | 0.25 |" in md
-    assert "| 17+ | 20.0 (12.0%) | 80.0 (20.0%) | 0.25 |" in md
+    # diffusion / AR latency per diff bin, against AR of the same format (whole for inplace)
+    assert ("| mdlm/d64 inplace mdm_threshold steps=16 | ar/d64 whole ar temperature=0.0 | "
+            "0.25 (36.0% / 60.0%) | 0.25 (30.0% / 50.0%) | 0.25 (21.0% / 35.0%) | "
+            "0.25 (12.0% / 20.0%) |") in md
     runs = md.split("## Runs")[1]
     assert "`half_mdlm`" in runs and "`unknown_sedd`" in runs and "27 finished runs" in runs
 
