@@ -322,11 +322,14 @@ def plain_log_ticks(ax, which: str = "xy") -> None:
     """Plain numbers (1, 2, 4 / 3, 4) instead of powers on the log axes of ``ax``."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
     for w in which:
         axis = ax.xaxis if w == "x" else ax.yaxis
         if axis.get_scale() == "log":
-            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            axis.set_minor_formatter(NullFormatter())
+            axis.set_major_formatter(plain)
+            lo, hi = sorted(axis.get_view_interval())
+            # within one decade no major tick may be in view: label the minor ones instead
+            axis.set_minor_formatter(plain if lo > 0 and hi / lo < 10 else NullFormatter())
 
 
 def _save(fig, out: Path, name: str) -> str:
