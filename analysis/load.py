@@ -266,7 +266,7 @@ def setting_label(flat: dict) -> str:
     different settings are never compared with each other."""
     data = str(flat.get("data._target_") or "?").rsplit(".", 1)[-1]
     opts = [f"{k[len('data.'):]}={v}" for k, v in sorted(flat.items())
-            if k.startswith("data.") and k != "data._target_" and v is not None
+            if k.startswith("data.") and not k.endswith("_target_") and v is not None
             and not (k in ("data.val_fraction", "data.test_fraction") and v == 0.05)]
     tok = str(flat.get("tokenizer._target_") or "?").rsplit(".", 1)[-1].removesuffix("Tokenizer").lower()
     tok_opts = [f"{k[len('tokenizer.'):]}={v}" for k, v in sorted(flat.items())
