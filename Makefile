@@ -22,7 +22,7 @@ demo: $(STAMP)
 	@# samples and speed of the two models (~2 min); skipped once a finished one exists
 	@ls $(DEMO)/bench/gen-*/summary.json >/dev/null 2>&1 || $(BIN)/python -m sandbox.bench gen --demo \
 		--quality --ar-run $(DEMO)/ar --mdm-run $(DEMO)/mdlm --out $(DEMO)/bench
-	@# code edits (~3 min): both objectives on data=stdlib_edits, a few items per edit kind
+	@# code edits (~4 min): both objectives on data=stdlib_edits, a few items per edit kind
 	$(BIN)/python -m sandbox.train experiment=edits_demo objective=ar hydra.run.dir=$(DEMO)/edits_ar
 	$(BIN)/python -m sandbox.train experiment=edits_demo objective=mdlm hydra.run.dir=$(DEMO)/edits_mdlm
 	@for r in edits_ar edits_mdlm; do test -f $(DEMO)/$$r/eval_edits.jsonl || $(BIN)/python -m sandbox.evaluate \
