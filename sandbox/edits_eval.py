@@ -47,7 +47,7 @@ from sandbox.cli import CONF_DIR, instantiate, require_int
 from sandbox.data.edits.metrics import aggregate, baseline, score
 from sandbox.data.edits.task import target_text
 from sandbox.errors import UserError
-from sandbox.runinfo import atomic_write_text
+from sandbox.runinfo import append_jsonl, atomic_write_text
 from sandbox.runs import LoadedRun, load_run
 
 # The sampler used when none is named, per training objective.
@@ -83,12 +83,6 @@ def short_settings(sampler) -> dict:
 
 def _renamed(means: dict) -> dict:
     return {NAMES.get(k, k): v for k, v in means.items()}
-
-
-def failed(fmt: str) -> dict:
-    """The score of an item that produced no usable output (it did not fit the run)."""
-    return {"exact": 0.0, "ast": 0.0, "parses": 0.0, "applies": 0.0 if fmt == "udiff" else None,
-            "no_op": 0.0, "line_precision": None, "line_recall": 0.0}
 
 
 # --- setup ------------------------------------------------------------------------------------
@@ -190,7 +184,7 @@ def run_variant(run: LoadedRun, sampler, items, variant: str, seed: int, progres
         z = None if prompt is None or sampler.family != "mdm" else canvas(src, it, variant, sampler.mask_id)
         if prompt is None or (sampler.family == "mdm" and z is None):
             preds.append({"id": it.id, "output": None, "too_long": True})
-            scores.append(failed(fmt))
+            scores.append(score(it.before, it.after, None, fmt))
             continue
         x = jnp.asarray((prompt if z is None else np.concatenate([prompt, z]))[None, :])
         key = jax.random.fold_in(base, i)
@@ -211,7 +205,14 @@ def run_variant(run: LoadedRun, sampler, items, variant: str, seed: int, progres
     return {"preds": preds, "scores": scores, "lat": lat, "compile_s": compile_s}
 
 
-def summarize(run: LoadedRun, sampler, items, split: str, variant: str, r: dict, seed: int) -> dict:
+def baselines(items, fmt: str) -> dict:
+    """Copy-the-input and oracle scores of ``items`` in ``fmt`` (summary metric names)."""
+    return {k: _renamed(aggregate(items, [score(it.before, it.after, baseline(it, k, fmt), fmt)
+                                          for it in items])["all"]) for k in ("copy", "oracle")}
+
+
+def summarize(run: LoadedRun, sampler, items, split: str, variant: str, r: dict, seed: int,
+              bases: dict) -> dict:
     fmt = run.data.format
     agg = aggregate(items, r["scores"])
     lat = r["lat"]
@@ -220,8 +221,6 @@ def summarize(run: LoadedRun, sampler, items, split: str, variant: str, r: dict,
         ls = [x["latency_s"] for x in lat if x["bin"] == b]
         by_bin[b]["latency_s"] = float(np.mean(ls)) if ls else None
         by_bin[b]["latency_s_median"] = float(np.median(ls)) if ls else None
-    bases = {k: _renamed(aggregate(items, [score(it.before, it.after, baseline(it, k, fmt), fmt)
-                                           for it in items])["all"]) for k in ("copy", "oracle")}
     return {"kind": "edits", "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "run": str(run.dir), "step": run.step, "weights": run.weights, "objective": run.objective.name,
             "model": str(run.cfg.model.get("name", "?")), "tokenizer": run.tokenizer.name,
@@ -262,10 +261,11 @@ def edits(cfg) -> list[dict]:
     sampler = build_sampler(cfg, run)
     split, items = select_items(cfg, run)
     out_dir = run.dir / "edits"
-    lines, text = [], ""
+    bases = baselines(items, run.data.format)  # the same for every variant: scored once
+    lines, records = [], []
     for variant in variants_for(cfg, run, sampler):
         r = run_variant(run, sampler, items, variant, seed, bool(cfg.get("progress", True)))
-        line = summarize(run, sampler, items, split, variant, r, seed)
+        line = summarize(run, sampler, items, split, variant, r, seed, bases)
         tag = hashlib.sha256(json.dumps([line["sampler_settings"], split, [it.id for it in items]],
                                         sort_keys=True).encode()).hexdigest()[:8]
         pred_file = out_dir / f"{line['format']}-{sampler.name}-{tag}-seed{seed}.jsonl"
@@ -273,13 +273,11 @@ def edits(cfg) -> list[dict]:
         atomic_write_text(pred_file, "".join(json.dumps(p) + "\n" for p in r["preds"]))
         line["predictions"] = str(pred_file)
         keys = {k: line[k] for k in ("run", "format", "sampler", "settings")}
-        text += json.dumps(line) + "\n" + "".join(
-            json.dumps({"kind": "edits_latency", **keys, **{k: v for k, v in x.items() if k != "bin"}}) + "\n"
-            for x in r["lat"])
+        records += [line, *({"kind": "edits_latency", **keys, **{k: v for k, v in x.items() if k != "bin"}}
+                            for x in r["lat"])]
         print(table(line))
         lines.append(line)
     path = run.dir / "eval_edits.jsonl"
-    old = path.read_text() if path.exists() else ""
-    atomic_write_text(path, old + ("" if not old or old.endswith("\n") else "\n") + text)
+    append_jsonl(path, records)
     print(f"appended {len(lines)} summaries and their per-edit latencies to {path}")
     return lines

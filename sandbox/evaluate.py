@@ -31,7 +31,6 @@ a small table on stdout.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,7 @@ from sandbox.cli import instantiate, require_int
 from sandbox.data import eval_batches
 from sandbox.errors import UserError
 from sandbox.quality import Judge, load_judge, sample_quality
-from sandbox.runinfo import atomic_write_text
+from sandbox.runinfo import append_jsonl
 from sandbox.runs import LoadedRun, has_checkpoint
 
 METRICS = ("gen_ppl", "unigram_entropy", "unigram_entropy_pooled", "distinct_1", "distinct_2",
@@ -147,14 +146,6 @@ def table(line: dict) -> str:
     return f"{head}\n{body}\n{tail}"
 
 
-def append_line(path: Path, record: dict) -> None:
-    """Append one JSON line by rewriting the file atomically (never a torn line)."""
-    old = path.read_text() if path.exists() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    atomic_write_text(path, old + json.dumps(record) + "\n")
-
-
 def quality(cfg) -> dict:
     """eval=quality (module doc). Returns the appended record."""
     num_samples = require_int(cfg, "num_samples", "num_samples", minimum=1)
@@ -188,7 +179,7 @@ def quality(cfg) -> dict:
             "tokenizer": run.tokenizer.name, "model": str(run.cfg.model.get("name", "?")),
             "objective": run.objective.name, "data": run.data.manifest.get("corpus")}
     out = run.dir / "eval_quality.jsonl"
-    append_line(out, line)
+    append_jsonl(out, [line])
     print(table(line))
     print(f"appended to {out}; samples in {samples_file}")
     return line

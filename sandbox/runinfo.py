@@ -34,6 +34,15 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "hydra-core", 
             "tokenizers")
 
 
+def append_jsonl(path: Path, records) -> None:
+    """Append JSON lines by rewriting the file atomically (never a torn line), all at once."""
+    path = Path(path)
+    old = path.read_text() if path.exists() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    atomic_write_text(path, old + "".join(json.dumps(r) + "\n" for r in records))
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same folder and one rename, so readers never see a
     half-written file; ordinary permissions (a bare ``mkstemp`` file would stay 0600)."""

@@ -42,6 +42,14 @@ def test_udiff_outputs_are_applied_first():
     assert s["applies"] == 0.0 and s["exact"] == 0.0 and s["line_precision"] is None
 
 
+def test_no_output_fails_every_metric():
+    """An item the model could not take (it did not fit) has no output: a failure in every
+    metric, and no apply figure for the whole-function format."""
+    for fmt, applies in (("whole", None), ("udiff", 0.0)):
+        assert score(BEFORE, GOLD, None, fmt) == {"exact": 0.0, "ast": 0.0, "parses": 0.0, "applies": applies,
+                                                  "no_op": 0.0, "line_precision": None, "line_recall": 0.0}
+
+
 def test_changed_lines_is_a_multiset():
     c = changed_lines("a\nb\n", "a\nc\nc\n")
     assert c == {("-", "b"): 1, ("+", "c"): 2}

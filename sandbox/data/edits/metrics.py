@@ -71,15 +71,16 @@ def to_function(before: str, output: str, fmt: str) -> tuple[str | None, bool | 
     raise ValueError(f"unknown edit format '{fmt}' (choose one of {', '.join(FORMATS)})")
 
 
-def score(before: str, gold: str, output: str, fmt: str = "whole") -> dict:
-    """Metrics of one prediction (module doc). ``gold`` is the gold edited function."""
-    pred, applies = to_function(before, output, fmt)
+def score(before: str, gold: str, output: str | None, fmt: str = "whole") -> dict:
+    """Metrics of one prediction (module doc). ``gold`` is the gold edited function;
+    ``output=None`` (no prediction, e.g. the item did not fit the model) fails every metric."""
+    pred, applies = (None, None) if output is None else to_function(before, output, fmt)
     gold_dump = _dump(gold)
     pred_dump = _dump(pred)
     gold_lines = changed_lines(before, gold)
     if pred is None:
-        return {"exact": 0.0, "ast": 0.0, "parses": 0.0, "applies": 0.0, "no_op": 0.0,
-                "line_precision": None, "line_recall": 0.0 if gold_lines else None}
+        return {"exact": 0.0, "ast": 0.0, "parses": 0.0, "applies": None if fmt == "whole" else 0.0,
+                "no_op": 0.0, "line_precision": None, "line_recall": 0.0 if gold_lines else None}
     pred_lines = changed_lines(before, pred)
     shared = sum((pred_lines & gold_lines).values())
     n_pred, n_gold = sum(pred_lines.values()), sum(gold_lines.values())

@@ -98,13 +98,13 @@ class EditBatches:
         self.manifest = {"corpus": "stdlib_edits", "tokenizer": tokenizer.describe(), "edits": data.manifest,
                          "format": fmt, "kinds": list(kinds), "tiers": list(tiers)}
         self._samplers: dict[int, object] = {}
-        val = [self.encode(it) for it in data.items("val", kinds, tiers)]
-        self._val = [e for e in val if e.fits]
-        if not self._val:
+        val = [(e, len(target_text(it, fmt).encode())) for it in data.items("val", kinds, tiers)
+               if (e := self.encode(it)).fits]
+        if not val:
             raise UserError(f"data: no val item of kinds {'/'.join(kinds)} and tiers {'/'.join(tiers)} "
                             f"fits prompt_len={prompt_len} and target_len={target_len}; raise them")
-        self._val_bytes = [len(target_text(it, fmt).encode()) for it, e in
-                           zip(data.items("val", kinds, tiers), val, strict=True) if e.fits]
+        self._val = [e for e, _ in val]
+        self._val_bytes = [n for _, n in val]  # target bytes, for bits per byte
 
     # -- layout ------------------------------------------------------------------------------
     def encode(self, item: EditItem, target: bool = True) -> Encoded:
