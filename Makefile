@@ -36,8 +36,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''
 
+# style (ruff) and layering (import-linter contracts in pyproject.toml); .ci/run runs it
 lint: $(STAMP)
 	$(BIN)/ruff check sandbox analysis tests
+	$(BIN)/lint-imports
 
 bench-train: $(STAMP)
 	$(BIN)/python -m sandbox.bench train
@@ -56,10 +58,13 @@ gpu-check: $(STAMP)
 
 # the comparison report (report.md + PNGs) from run folders; reads them only, never trains, e.g.
 # make report REPORT_RUNS='runs/scaling_cpu/**' REPORT_OUT=runs/scaling_cpu/report
-REPORT_RUNS ?= runs/**
-REPORT_OUT  ?= runs/report
-report: $(STAMP)
-	$(BIN)/python -m analysis.report 'runs_glob=$(REPORT_RUNS)' out=$(REPORT_OUT)
+# analysis/ imports no jax and no sandbox: any Python with numpy, pandas, matplotlib and pyyaml
+# builds the report (make report REPORT_PYTHON=python3 skips the .venv set-up)
+REPORT_RUNS   ?= runs/**
+REPORT_OUT    ?= runs/report
+REPORT_PYTHON ?= $(BIN)/python
+report: $(if $(filter $(BIN)/python,$(REPORT_PYTHON)),$(STAMP))
+	$(REPORT_PYTHON) -m analysis.report 'runs_glob=$(REPORT_RUNS)' out=$(REPORT_OUT)
 
 clean:
 	rm -rf runs .cache

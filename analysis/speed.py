@@ -1,7 +1,9 @@
-"""Plots and tables of the generation benchmark: ``python -m analysis.speed [results ...] out=DIR``.
+"""Figures of the generation benchmark: ``python -m analysis.speed [results ...] out=DIR``.
 
 Reads ``results.jsonl`` folders written by ``python -m sandbox.bench gen`` (and the
-``eval_quality.jsonl`` of the runs they timed); never generates anything. Draws:
+``eval_quality.jsonl`` of the runs they timed); never generates anything. The report's section
+on them is :mod:`analysis.sections.speed`; the summary text is :mod:`analysis.gen_summary`.
+Draws:
 
 - ``*_quality_vs_nfe.png`` / ``*_quality_vs_latency.png``: sample quality against the
   number of model calls and against latency per sequence (one panel per batch size), with
@@ -11,12 +13,12 @@ Reads ``results.jsonl`` folders written by ``python -m sandbox.bench gen`` (and 
 - ``*_throughput_vs_batch.png``: generated tokens/s against batch size.
 - ``*_latency_vs_length.png``: time per generated token and per sequence at batch 1
   against output length: AR with the KV cache, AR without it (its per-sequence figure is
-  extrapolated from the last tokens it generated, see ``sandbox.bench_gen``) and the
+  extrapolated from the last tokens it generated, see the benchmark's docstring) and the
   diffusion samplers.
 - ``*_step_over_forward.png``: each sampler's time per model call over one bare forward
-  of the same shape (figure a; the dashed line is the 1.15 target), against both
-  references of ``sandbox.bench_gen.Forwards``: a jitted call (filled) and a forward
-  inside a compiled loop (hollow).
+  of the same shape (figure a; the dashed line is the
+  :data:`analysis.gen_summary.STEP_TARGET`), against both references the benchmark times: a
+  jitted call (filled) and a forward inside a compiled loop (hollow).
 
 Which quality figure: generative perplexity under a judge (lower is better) when the
 samples were scored with one; otherwise the distance of the samples' unigram entropy to
@@ -35,14 +37,10 @@ import re
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from analysis.load import find_bench_gen, load_bench_gen  # noqa: E402
-
-TARGET_STEP = 1.15
+from analysis.errors import ReportError, exit_on_report_error
+from analysis.gen_summary import STEP_TARGET
+from analysis.load import find_bench_gen, load_bench_gen
+from analysis.plotting import finish_axes, label_colors, plt, save_figure
 
 
 # --- quality ---------------------------------------------------------------------------------
@@ -102,10 +100,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 # --- plots -----------------------------------------------------------------------------------
-def _color(label: str):
-    names = ["ar", "ar_nocache", "mdm_threshold", "mdm_ancestral", "mdm_topk_confidence", "mdm_first_hitting"]
-    i = names.index(label) if label in names else len(names) + sum(map(ord, label)) % 4
-    return plt.get_cmap("tab10")(i % 10)
+def _colors(bench: dict) -> dict:
+    """Sampler label -> colour, one palette over the labels of this benchmark."""
+    return label_colors(r["label"] for r in bench["rows"])
 
 
 def _base_length(bench: dict) -> int | None:
@@ -128,29 +125,30 @@ def plot_quality(bench: dict, out: Path, prefix: str) -> tuple[list[str], str]:
     files = []
     # quality vs NFE (batch does not change the distribution; NFE of threshold grows with batch)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    _scatter_fronts(ax, [(r, r["nfe"], v) for r, v in pts], marker_by_batch=True)
+    colors = _colors(bench)
+    _scatter_fronts(ax, [(r, r["nfe"], v) for r, v in pts], colors, marker_by_batch=True)
     ax.set(xscale="log", xlabel="model calls per sequence (NFE)", ylabel=label,
            title=f"Quality vs NFE (length {L})")
-    _finish(ax)
-    files.append(_save(fig, out, f"{prefix}_quality_vs_nfe.png"))
+    finish_axes(ax)
+    files.append(save_figure(fig, out, f"{prefix}_quality_vs_nfe.png"))
     # quality vs latency, one panel per batch
     batches = sorted({r["batch"] for r, _ in pts})
     fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5), squeeze=False)
     for ax, b in zip(axes[0], batches):
-        _scatter_fronts(ax, [(r, 1e3 * r["latency_per_seq_s"], v) for r, v in pts if r["batch"] == b])
+        _scatter_fronts(ax, [(r, 1e3 * r["latency_per_seq_s"], v) for r, v in pts if r["batch"] == b], colors)
         ax.set(xscale="log", xlabel="latency per sequence (ms)", ylabel=label,
                title=f"Quality vs latency, batch {b} (length {L})")
-        _finish(ax)
-    files.append(_save(fig, out, f"{prefix}_quality_vs_latency.png"))
+        finish_axes(ax)
+    files.append(save_figure(fig, out, f"{prefix}_quality_vs_latency.png"))
     return files, label
 
 
-def _scatter_fronts(ax, items, marker_by_batch: bool = False):
+def _scatter_fronts(ax, items, colors: dict, marker_by_batch: bool = False):
     groups: dict[str, list] = {}
     for r, x, y in items:
         groups.setdefault(r["label"], []).append((r, x, y))
     for name, g in sorted(groups.items()):
-        c = _color(name)
+        c = colors[name]
         for r, x, y in g:
             m = "o" if not marker_by_batch or r["batch"] == 1 else "s"
             ax.scatter([x], [y], color=c, marker=m, s=22, alpha=0.8)
@@ -165,6 +163,7 @@ def _scatter_fronts(ax, items, marker_by_batch: bool = False):
 
 
 def plot_throughput(bench: dict, out: Path, prefix: str) -> list[str]:
+    colors = _colors(bench)
     L = _base_length(bench)
     rows = [r for r in bench["rows"] if r["length"] == L and ({"batch", "tau", "steps"} & set(r["sweeps"]))]
     series: dict[tuple, list] = {}
@@ -176,7 +175,7 @@ def plot_throughput(bench: dict, out: Path, prefix: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for (lab, st), rs in sorted(series.items()):
         rs = sorted(rs, key=lambda r: r["batch"])
-        ax.plot([r["batch"] for r in rs], [r["tokens_per_s"] for r in rs], marker="o", color=_color(lab),
+        ax.plot([r["batch"] for r in rs], [r["tokens_per_s"] for r in rs], marker="o", color=colors[lab],
                 label=f"{lab} {st}", ls="-" if lab == "ar" else "--")
     batches = sorted({r["batch"] for rs in series.values() for r in rs})
     ax.set_xscale("log")
@@ -184,11 +183,12 @@ def plot_throughput(bench: dict, out: Path, prefix: str) -> list[str]:
     ax.minorticks_off()
     ax.set(yscale="log", xlabel="batch (sequences per call)", ylabel="generated tokens / s",
            title=f"Throughput vs batch (length {L})")
-    _finish(ax)
-    return [_save(fig, out, f"{prefix}_throughput_vs_batch.png")]
+    finish_axes(ax)
+    return [save_figure(fig, out, f"{prefix}_throughput_vs_batch.png")]
 
 
 def plot_latency_length(bench: dict, out: Path, prefix: str) -> list[str]:
+    colors = _colors(bench)
     rows = [r for r in bench["rows"] if r["batch"] == 1 and "length" in r["sweeps"]]
     series: dict[tuple, list] = {}
     for r in rows:
@@ -203,12 +203,12 @@ def plot_latency_length(bench: dict, out: Path, prefix: str) -> list[str]:
         rs = sorted(rs, key=lambda r: r["length"])
         ls = ":" if lab == "ar_nocache" else ("-" if lab == "ar" else "--")
         xs = [r["length"] for r in rs]
-        axes[0].plot(xs, [1e3 * r["latency_per_token_s"] for r in rs], marker="o", ls=ls, color=_color(lab),
+        axes[0].plot(xs, [1e3 * r["latency_per_token_s"] for r in rs], marker="o", ls=ls, color=colors[lab],
                      label=f"{lab} {st}")
         # ar_nocache generated only its last tokens: a full generation costs per-token x length
         per_seq = [r["latency_per_token_s"] * (r["length"] - (0 if lab == "ar_nocache" else r["prompt_len"]))
                    for r in rs]
-        axes[1].plot(xs, per_seq, marker="o", ls=ls, color=_color(lab),
+        axes[1].plot(xs, per_seq, marker="o", ls=ls, color=colors[lab],
                      label=f"{lab} {st}" + (" (extrapolated)" if lab == "ar_nocache" else ""))
     lengths = sorted({r["length"] for rs in series.values() for r in rs})
     for ax in axes:
@@ -220,11 +220,12 @@ def plot_latency_length(bench: dict, out: Path, prefix: str) -> list[str]:
     axes[1].set(yscale="log", xlabel="output length (tokens)", ylabel="s per sequence",
                 title="Latency per sequence, batch 1")
     for ax in axes:
-        _finish(ax)
-    return [_save(fig, out, f"{prefix}_latency_vs_length.png")]
+        finish_axes(ax)
+    return [save_figure(fig, out, f"{prefix}_latency_vs_length.png")]
 
 
 def plot_step_ratio(bench: dict, out: Path, prefix: str) -> list[str]:
+    colors = _colors(bench)
     rows = [r for r in bench["rows"] if r.get("step_over_forward") and r["label"] != "ar"]
     if not rows:
         return []
@@ -232,35 +233,17 @@ def plot_step_ratio(bench: dict, out: Path, prefix: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, lab in enumerate(labels):
         rs = [r for r in rows if r["label"] == lab]
-        ax.scatter([i - 0.1] * len(rs), [r["step_over_forward"] for r in rs], color=_color(lab), alpha=0.7)
+        ax.scatter([i - 0.1] * len(rs), [r["step_over_forward"] for r in rs], color=colors[lab], alpha=0.7)
         loop = [r["step_over_forward_loop"] for r in rs if r.get("step_over_forward_loop")]
-        ax.scatter([i + 0.1] * len(loop), loop, facecolors="none", edgecolors=_color(lab), alpha=0.9)
+        ax.scatter([i + 0.1] * len(loop), loop, facecolors="none", edgecolors=colors[lab], alpha=0.9)
     ax.scatter([], [], color="grey", label="vs one jitted forward call")
     ax.scatter([], [], facecolors="none", edgecolors="grey", label="vs a forward in a compiled loop")
-    ax.axhline(TARGET_STEP, ls="--", color="k", lw=1, label=f"target {TARGET_STEP}")
+    ax.axhline(STEP_TARGET, ls="--", color="k", lw=1, label=f"target {STEP_TARGET}")
     ax.axhline(1.0, ls=":", color="grey", lw=1)
     ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
     ax.set(ylabel="time per model call / bare forward", title="Sampler time per model call vs a bare forward")
-    _finish(ax)
-    return [_save(fig, out, f"{prefix}_step_over_forward.png")]
-
-
-def _finish(ax):
-    from matplotlib.ticker import NullFormatter
-
-    ax.grid(alpha=0.3, which="both")
-    for axis in (ax.xaxis, ax.yaxis):
-        if axis.get_scale() == "log":
-            axis.set_minor_formatter(NullFormatter())
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-
-
-def _save(fig, out: Path, name: str) -> str:
-    fig.tight_layout()
-    fig.savefig(Path(out) / name, dpi=110)
-    plt.close(fig)
-    return name
+    finish_axes(ax)
+    return [save_figure(fig, out, f"{prefix}_step_over_forward.png")]
 
 
 PLOTS = (plot_throughput, plot_latency_length, plot_step_ratio)
@@ -300,6 +283,7 @@ def draw(bench: dict, out: Path) -> dict:
     return {"figures": files, "quality_files": qfiles, "quality_note": note}
 
 
+@exit_on_report_error
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     out = Path("runs/report")
@@ -311,9 +295,8 @@ def main(argv: list[str] | None = None) -> None:
             pats.append(a)
     paths = find_bench_gen(pats or ["runs/**"])
     if not paths:
-        print("error: no generation benchmark results (python -m sandbox.bench gen) under "
-              + ", ".join(pats or ["runs/**"]), file=sys.stderr)
-        sys.exit(2)
+        raise ReportError("no generation benchmark results (python -m sandbox.bench gen) under "
+                          + ", ".join(pats or ["runs/**"]))
     for b in pick_benches(paths):
         d = draw(b, out)
         print(f"{b['dir']}: " + ", ".join(str(out / f) for f in d["figures"])

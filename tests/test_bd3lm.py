@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sandbox import flops
+from sandbox.core import flops
+from sandbox.core.errors import UserError
 from sandbox.data import ByteTokenizer
-from sandbox.errors import UserError
 from sandbox.models.attention import BlockDiffusionMask, attend
 from sandbox.models.transformer import Transformer
 from sandbox.objectives import BD3LM, MDLM
@@ -178,7 +178,7 @@ class _FullForward:
 def test_sampler_with_the_kv_cache_matches_the_training_forward(inner):
     model = _model()
     s = BD3LMSampler(block_size=4, inner=inner, stop_at_eos=False).bind(TOK)
-    s.check(objective="bd3lm", length=12, prompt_len=2)
+    s.check(family="bd3lm", length=12, prompt_len=2)
     prompt = jnp.array([[65, 66], [67, 68]], jnp.int32)
     key = jax.random.PRNGKey(7)
     got, nfe = jax.jit(lambda k: s.generate(model, k, prompt, 12))(key)
@@ -214,7 +214,7 @@ def test_compiled_sampler_on_a_real_backbone_and_default_block_size():
 
 
 @pytest.mark.parametrize("s,kw,words", [
-    (BD3LMSampler(), {"objective": "mdlm"}, "objective=mdlm"),
+    (BD3LMSampler(), {"family": "mdm", "objective": "mdlm"}, "objective=mdlm"),
     (BD3LMSampler(block_size=40), {}, "sampler.block_size"),
     (BD3LMSampler(block_size=4, inner=Ancestral(steps=8)), {}, "sampler.inner.steps"),
     (BD3LMSampler(inner=Ancestral(steps=4, block_size=2)), {}, "sampler.inner.block_size"),
@@ -222,4 +222,4 @@ def test_compiled_sampler_on_a_real_backbone_and_default_block_size():
 ])
 def test_sampler_bad_settings_are_one_line_errors(s, kw, words):
     with pytest.raises(UserError, match=words.replace(".", r"\.")):
-        s.bind(TOK).check(**{"objective": "bd3lm", "length": 32, "prompt_len": 0, **kw})
+        s.bind(TOK).check(**{"family": "bd3lm", "length": 32, "prompt_len": 0, **kw})

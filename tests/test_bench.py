@@ -1,5 +1,6 @@
 """The training benchmark on a very small model: rows complete and sane, results written,
-the NNX variants computing the same step, and one-line errors for bad flags."""
+the NNX variants computing the same step, one-line errors for bad flags, and the bench's
+shared pieces (tables, flag lists, device questions asked of sandbox.core.mesh only)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import sys
 
 import pytest
 
-from sandbox import bench, bench_train
+from sandbox.bench import cli, nnx_variants, peak, results
+from sandbox.core.errors import UserError
 
 SMALL = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=2"]
 
@@ -22,11 +24,11 @@ def _positive_finite(row, keys):
 
 
 def test_matmul_peak_positive():
-    _positive_finite({"g": bench_train.measure_matmul_peak(n=128, repeats=2)}, ["g"])
+    _positive_finite({"g": peak.measure_matmul_peak(n=128, repeats=2)}, ["g"])
 
 
 def test_cli_train_writes_results(tmp_path, capsys):
-    out = bench.main(["train", "--models", "tiny", "--objectives", "mdlm", "--attention", "xla",
+    out = cli.main(["train", "--models", "tiny", "--objectives", "mdlm", "--attention", "xla",
                       "--batch", "4", "--seq", "16", "--steps", "2", "--nnx-steps", "2", "--peak-n", "128",
                       "--out", str(tmp_path),
                       *[a for o in SMALL for a in ("-o", o)]])
@@ -41,13 +43,15 @@ def test_cli_train_writes_results(tmp_path, capsys):
     assert (train["model"], train["objective"], train["attention"], train["batch"], train["seq"]) == (
         "tiny", "mdlm", "xla", 4, 16)
     assert train["timed_steps"] == 2
+    # without --mesh the step timed is the trainer's on mesh=single (one device)
+    assert train["mesh"] == "single" and train["mesh_shape"] == {"data": 1, "fsdp": 1}
     _positive_finite(train, ["tokens_per_s", "step_ms", "step_ms_min", "step_ms_max", "compile_s",
                              "flops_per_token", "gflops", "peak_gflops", "mfu", "mfu_best", "params", "loss"])
     assert train["tokens_per_s"] == pytest.approx(4 * 16 / (train["step_ms"] / 1e3))
     assert peak > 0 and train["peak_samples"] >= 2  # the peak is re-measured between the timed steps
     assert train["mfu"] == pytest.approx(train["gflops"] / train["peak_gflops"])
     nnx = [r for r in rows if r["kind"] == "nnx_vs_jit"]
-    assert [r["variant"] for r in nnx] == list(bench_train.NNX_VARIANTS)
+    assert [r["variant"] for r in nnx] == list(nnx_variants.NNX_VARIANTS)
     for r in nnx:
         _positive_finite(r, ["step_ms", "dispatch_ms", "first_call_s", "ratio", "loss"])
         # the same step written four ways: the same losses after the same batches
@@ -57,7 +61,7 @@ def test_cli_train_writes_results(tmp_path, capsys):
 
 def test_unknown_model_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        bench.main(["train", "--models", "nope", "--out", str(tmp_path)])
+        cli.main(["train", "--models", "nope", "--out", str(tmp_path)])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: model=nope") and "\n" not in err
@@ -68,3 +72,26 @@ def test_help_exits_zero():
     r = subprocess.run([sys.executable, "-m", "sandbox.bench", "train", "--help"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and "--attention" in r.stdout
+
+
+def test_seq_beyond_max_len_is_the_recipes_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--models", "tiny", "--objectives", "ar", "--seq", "4096", "--no-nnx",
+                  "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: train.seq_len=4096 exceeds model.max_len=") and "\n" not in err, err
+    assert not any(tmp_path.iterdir())
+
+
+def test_format_table_and_flag_lists():
+    cols = [("name", "name", "{}"), ("n", "n", "{:,}"), ("share %", "share", "{:.1%}")]
+    text = results.format_table([{"name": "a", "n": 1234, "share": 0.5}, {"name": "bb", "n": None,
+                                                                            "share": 0.25}], cols)
+    lines = text.splitlines()
+    assert lines[0].split() == ["name", "n", "share", "%"] and set(lines[1]) <= {"-", " "}
+    assert lines[2].split() == ["a", "1,234", "50.0"] and lines[3].split() == ["bb", "-", "25.0"]
+    assert results.csv_list(" a, b,,c ") == ["a", "b", "c"] and results.csv_list(None) == []
+    assert results.int_list("1,2", "--x") == [1, 2] and results.float_list("0.5", "--y") == [0.5]
+    with pytest.raises(UserError, match="--x: 0 must be at least 1"):
+        results.int_list("0", "--x")

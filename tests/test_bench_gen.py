@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
+from analysis import gen_summary
+from analysis.gen_summary import format_summary, summarize
 from analysis.load import find_bench_gen, load_bench_gen
-from sandbox import bench, bench_gen
+from sandbox.bench import cli, gen_plan, gen_time
 
 SMALL = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=2"]
 OVR = [a for o in SMALL for a in ("-o", o)]
@@ -22,7 +25,7 @@ FIELDS = ("sampler", "label", "settings", "batch", "length", "prompt_len", "gene
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_gen")
-    r = bench.main(["gen", "--samplers", "ar,ar_nocache,mdm_threshold,mdm_ancestral", "--lengths", "8,16",
+    r = cli.main(["gen", "--samplers", "ar,ar_nocache,mdm_threshold,mdm_ancestral", "--lengths", "8,16",
                     "--length", "16", "--batches", "1,2", "--taus", "0.9", "--steps-div", "2", "--blocks", "",
                     "--nocache-tokens", "4", "--repeats", "2", "--max-seconds", "0", "--fwd-repeats", "1",
                     "--quality", "--quality-samples", "3", "--out", str(out), *OVR])
@@ -67,7 +70,7 @@ def test_summary_and_files(result):
     assert set(s["c"]) == {"1", "2"} and s["c"]["1"]["ar"]
     assert s["c"]["1"]["threshold"][0]["speedup_vs_ar"] > 0
     paths = find_bench_gen(str(out / "*"))
-    assert len(paths) == 1 and paths[0].parent == bench_gen.Path(r["dir"])
+    assert len(paths) == 1 and paths[0].parent == Path(r["dir"])
     d = paths[0].parent
     assert (d / "env.json").exists() and (d / "git.json").exists() and (d / "summary.json").exists()
     recs = [json.loads(x) for x in (d / "results.jsonl").read_text().splitlines()]
@@ -81,7 +84,7 @@ def test_summary_and_files(result):
 
 
 def test_printed_table_and_summary(tmp_path, capsys):
-    bench.main(["gen", "--samplers", "ar,mdm_threshold", "--lengths", "8", "--length", "8",
+    cli.main(["gen", "--samplers", "ar,mdm_threshold", "--lengths", "8", "--length", "8",
                 "--batches", "1", "--taus", "0.5", "--blocks", "", "--repeats", "1", "--fwd-repeats", "1",
                 "--out", str(tmp_path), *OVR])
     printed = capsys.readouterr().out
@@ -98,11 +101,11 @@ def test_summarize_growth_and_target():
     rows = [row("ar", 64, 1e-3), row("ar", 512, 1.5e-3), row("ar_nocache", 64, 5e-3),
             row("ar_nocache", 512, 4e-2), row("mdm_ancestral", 64, 1, 1.05, "mdm"),
             row("mdm_ancestral", 512, 1, 1.30, "mdm")]
-    s = bench_gen.summarize(rows)
+    s = summarize(rows)
     assert s["b"]["ar"]["growth"] == pytest.approx(1.5)
     assert s["b"]["ar_nocache"]["growth"] == pytest.approx(8.0)
     assert s["a"]["mdm_ancestral"]["within"] == 1 and s["a"]["mdm_ancestral"]["max"] == pytest.approx(1.3)
-    text = bench_gen.format_summary(s, rows, [], {}, [])
+    text = format_summary(s, rows, [], {}, [])
     assert "target met" in text and "NOT met at 1 of 2" in text
 
 
@@ -119,7 +122,7 @@ def test_summarize_growth_and_target():
 ])
 def test_bad_flags_are_one_line(tmp_path, capsys, flags, first_words):
     with pytest.raises(SystemExit) as e:
-        bench.main(["gen", *flags, "--out", str(tmp_path), *OVR])
+        cli.main(["gen", *flags, "--out", str(tmp_path), *OVR])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(first_words) and "\n" not in err, err
@@ -127,7 +130,7 @@ def test_bad_flags_are_one_line(tmp_path, capsys, flags, first_words):
 
 
 def test_bd3lm_points_time_block_diffusion_with_its_cache(tmp_path):
-    r = bench.main(["gen", "--samplers", "bd3lm", "--lengths", "16", "--length", "16", "--batches", "1",
+    r = cli.main(["gen", "--samplers", "bd3lm", "--lengths", "16", "--length", "16", "--batches", "1",
                     "--bd3lm-blocks", "4,8,32", "--length-div", "4", "--repeats", "1", "--max-seconds", "0",
                     "--fwd-repeats", "1", "--out", str(tmp_path), *OVR])
     rows = {x["settings"]["block_size"]: x for x in r["rows"]}
@@ -144,5 +147,24 @@ def test_bd3lm_cost_prediction_counts_block_calls_not_full_forwards():
     from sandbox.samplers import BD3LMSampler
     from sandbox.samplers.mdm import Ancestral
 
-    p = bench_gen.Point("bd3lm", "bd3lm", BD3LMSampler(block_size=16, inner=Ancestral(steps=2)), 32, 128, 0)
-    assert bench_gen.predict_nfe(p, []) == 6            # (2 steps + 1 commit) x 2, not 128 forwards
+    p = gen_plan.Point("bd3lm", "bd3lm", BD3LMSampler(block_size=16, inner=Ancestral(steps=2)), 32, 128, 0)
+    assert gen_time.predict_nfe(p, []) == 6            # (2 steps + 1 commit) x 2, not 128 forwards
+
+
+def test_random_subjects_use_the_objective_that_declares_the_family():
+    """No table of objective names: a family's random model trains with the first
+    conf/objective/ config whose objective says it is read by that family's samplers."""
+    from sandbox.core.build import compose
+    from sandbox.core.cli import instantiate
+    from sandbox.core.errors import UserError
+
+    for family in ("ar", "mdm", "bd3lm"):
+        stem = gen_plan.objective_for_family(family)
+        assert instantiate(compose([f"objective={stem}"]).objective, "objective").sampler_family == family
+    assert gen_plan.objective_for_family("mdm") == "mdlm"
+    with pytest.raises(UserError, match="sampler_family=nope"):
+        gen_plan.objective_for_family("nope")
+
+
+def test_every_sampler_family_has_a_run_flag():
+    assert set(gen_plan.FAMILY_OF.values()) == set(gen_summary.RUN_FLAG)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from sandbox.core.errors import UserError
 from sandbox.data import (
     SPLITS,
     BPETokenizer,
@@ -31,7 +32,6 @@ from sandbox.data import (
     split_of,
 )
 from sandbox.data.corpora import extract_prose
-from sandbox.errors import UserError
 
 prepare_mod = importlib.import_module("sandbox.data.prepare")  # the package exports prepare()
 FIXTURES = Path(__file__).parent / "fixtures"

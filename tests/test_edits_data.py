@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from sandbox.data.edits import (
+from sandbox.core.errors import UserError
+from sandbox.tasks.edits import (
     ALL_KINDS,
     DIFF_BINS,
     HELDOUT,
@@ -35,14 +36,13 @@ from sandbox.data.edits import (
     udiff,
     verify,
 )
-from sandbox.data.edits import rename as rename_mod
-from sandbox.data.edits.extract import Function, stdlib_files
-from sandbox.data.edits.kinds import check_kinds
-from sandbox.data.edits.names import is_reserved
-from sandbox.data.edits.scopes import rename_candidates
-from sandbox.data.edits.source import compiles, parse_function
-from sandbox.data.edits.splits import NearDuplicateIndex
-from sandbox.errors import UserError
+from sandbox.tasks.edits import rename as rename_mod
+from sandbox.tasks.edits.extract import Function, stdlib_files
+from sandbox.tasks.edits.kinds import check_kinds
+from sandbox.tasks.edits.names import is_reserved
+from sandbox.tasks.edits.scopes import rename_candidates
+from sandbox.tasks.edits.source import compiles, parse_function
+from sandbox.tasks.edits.splits import NearDuplicateIndex
 
 # a spread of stdlib modules: small enough to extract in about a second, enough to split
 MODULES = ["bisect", "calendar", "collections", "colorsys", "csv", "difflib", "fractions", "ftplib",
@@ -123,7 +123,7 @@ def test_extraction_tolerates_bad_files(tmp_path):
     for d in ("test", "idlelib", "site-packages"):
         (tmp_path / d).mkdir()
         (tmp_path / d / "m.py").write_text("def hidden():\n    pass\n")
-    from sandbox.data.edits.extract import ExtractStats
+    from sandbox.tasks.edits.extract import ExtractStats
     stats = ExtractStats()
     got = extract_functions(tmp_path, progress=False, stats=stats)
     assert sorted(f.qualname for f in got) == ["K.amethod", "K.method", "top"]

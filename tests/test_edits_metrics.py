@@ -1,4 +1,4 @@
-"""Edit metrics on hand-made predictions give hand-computed values (issue #4 tests)."""
+"""Edit metrics on hand-made predictions give hand-computed values."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from sandbox.data.edits.metrics import aggregate, baseline, changed_lines, score
-from sandbox.data.edits.udiff import udiff
+from sandbox.tasks.edits.metrics import aggregate, baseline, changed_lines, score
+from sandbox.tasks.edits.udiff import udiff
 
 BEFORE = "def f(a, b):\n    x = a + b\n    return x\n"
 GOLD = "def f(a, b):\n    x = a - b\n    return x\n"

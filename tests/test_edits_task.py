@@ -1,4 +1,4 @@
-"""Conditional edit training and evaluation (issue #4 items 2-3): the sequence layout, the
+"""Conditional edit training and evaluation: the sequence layout, the
 conditional objectives, ``data=stdlib_edits`` in the trainer and ``eval=edits``."""
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import pytest
 from conftest import compose
 from flax import nnx
 
-from sandbox.data.edits import StdlibEdits
-from sandbox.data.edits.task import EditsTask, target_text
+from sandbox.core.errors import UserError
 from sandbox.data.tokenizers import ByteTokenizer
-from sandbox.errors import UserError
 from sandbox.models.transformer import Transformer
 from sandbox.objectives.ar import AR
 from sandbox.objectives.base import token_nll
 from sandbox.objectives.mdlm import MDLM
+from sandbox.tasks.edits import StdlibEdits
+from sandbox.tasks.edits.task import EditsTask, target_text
 
 # the small module set of tests/test_edits_data.py: extracts in about a second
 MODULES = ["bisect", "calendar", "collections", "colorsys", "csv", "difflib", "fractions", "ftplib",
@@ -202,7 +202,7 @@ def _eval_cfg(run_dir, *extra):
 
 def test_eval_edits_writes_summaries_latencies_and_predictions(edit_runs):
     from analysis.edits import load_edits
-    from sandbox.edits_eval import edits
+    from sandbox.tasks.edits.evaluate import edits
 
     ar = edits(_eval_cfg(edit_runs["ar"]))
     md = edits(_eval_cfg(edit_runs["mdlm"], "sampler=mdm_topk_confidence", "sampler.steps=8"))
@@ -228,13 +228,13 @@ def test_eval_edits_writes_summaries_latencies_and_predictions(edit_runs):
 
 
 def _items(run_dir):
-    from sandbox.runs import load_run
+    from sandbox.core.runs import load_run
 
     return [it for it in load_run(run_dir).data.data.items("test", tiers="micro")]
 
 
 def test_oracle_canvases_reveal_the_length_and_the_unchanged_tokens(src):
-    from sandbox.edits_eval import canvas
+    from sandbox.tasks.edits.evaluate import canvas
 
     tok, mask = src.tokenizer, src.tokenizer.mask_id
     item = next(it for it in src.data.items("val", kinds="swap_op", tiers="micro") if src.encode(it).fits)
@@ -252,7 +252,7 @@ def test_oracle_canvases_reveal_the_length_and_the_unchanged_tokens(src):
 def test_eval_edits_refuses_a_language_model_run(tmp_path, sandbox_cache):
     from conftest import TINY
 
-    from sandbox.edits_eval import edits
+    from sandbox.tasks.edits.evaluate import edits
     from sandbox.train import run
 
     d = tmp_path / "lm"
@@ -265,9 +265,9 @@ def test_eval_edits_refuses_a_language_model_run(tmp_path, sandbox_cache):
 def test_a_model_that_memorised_four_edits_reproduces_them_exactly(obj, tmp_path, sandbox_cache, monkeypatch):
     """End to end: train on four fixed edits until memorised, then greedy eval=edits decoding
     must reproduce each target exactly (layout, cond loss, sampler, decoding and scoring agree)."""
-    from sandbox.data.edits.task import EditBatches
-    from sandbox.edits_eval import build_sampler, run_variant
-    from sandbox.runs import load_run
+    from sandbox.core.runs import load_run
+    from sandbox.tasks.edits.evaluate import build_sampler, run_variant
+    from sandbox.tasks.edits.task import EditBatches
     from sandbox.train import run
 
     items = []
@@ -302,6 +302,6 @@ class _Cycle:
         self.items = items
 
     def __getitem__(self, i):
-        from sandbox.data.edits.task import _TRIES
+        from sandbox.tasks.edits.task import _TRIES
 
         return self.items[(i // _TRIES) % len(self.items)]

@@ -49,10 +49,10 @@ _BASE: dict = {}
 def _build(cfg):
     """(layout, graphdef, objective, tx, state, batch[B, L]) as the trainer builds them; the
     model is built once per objective (the mesh does not change it), placed per layout."""
+    from sandbox.core.build import build_data, build_model, build_objective, init_sharded_state, split_model
+    from sandbox.core.mesh import build_layout
+    from sandbox.core.optim import make_optimizer
     from sandbox.data import get_batch
-    from sandbox.mesh import build_layout
-    from sandbox.optim import make_optimizer
-    from sandbox.train import build_data, build_model, build_objective, init_sharded_state, split_model
 
     layout = build_layout(cfg.mesh)
     key = str(cfg.objective.name)
@@ -78,7 +78,7 @@ def _host(tree) -> list[np.ndarray]:
 def _one_step(cfg):
     import jax
 
-    from sandbox.train import make_train_step
+    from sandbox.core.step import make_train_step
 
     layout, graphdef, objective, tx, state, batch = _build(cfg)
     step = make_train_step(graphdef, objective, tx, float(cfg.train.ema_decay), layout, state)
@@ -94,8 +94,8 @@ def _max_diff(a, b) -> float:
 def child_meshes(out: Path) -> None:
     import jax
 
-    from sandbox.checkpoint import Checkpointer
-    from sandbox.errors import UserError
+    from sandbox.core.checkpoint import Checkpointer
+    from sandbox.core.errors import UserError
 
     res = {"devices": jax.device_count(), "steps": {}, "specs": {}, "placed": {}}
     for obj in ("ar",):  # (mdlm on a mesh: test_whole_runs_..., slow)
@@ -183,9 +183,10 @@ def child_dist(out: Path, process_id: str, port: str, run_dir: str) -> None:
     import jax
     from jax.experimental import multihost_utils
 
+    from sandbox.core.build import build_data
+    from sandbox.core.mesh import build_layout, init_distributed
     from sandbox.data import get_batch
-    from sandbox.mesh import build_layout, init_distributed
-    from sandbox.train import build_data, run
+    from sandbox.train import run
 
     dist = [f"dist.coordinator_address=localhost:{port}", "dist.num_processes=2",
             f"dist.process_id={process_id}", "dist.timeout_s=60"]
@@ -306,9 +307,10 @@ def test_two_processes_assemble_the_global_batch_and_match_one_process(tmp_path,
     (parameters sharded across the processes): the global batch is the one-process batch
     row for row, the losses match a one-process run, and the checkpoint they wrote together
     restores in a single process."""
+    from sandbox.core.build import build_data
+    from sandbox.core.runs import load_run
     from sandbox.data import get_batch
-    from sandbox.runs import load_run
-    from sandbox.train import build_data, run
+    from sandbox.train import run
 
     port = str(_free_port())
     run_dir = tmp_path / "two"

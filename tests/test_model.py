@@ -10,7 +10,7 @@ import pytest
 from conftest import compose
 from flax import nnx
 
-from sandbox.errors import UserError
+from sandbox.core.errors import UserError
 from sandbox.models.transformer import Transformer
 
 V = 40  # small vocabulary (padded to 128 inside the model)

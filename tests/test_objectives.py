@@ -17,13 +17,14 @@ import pytest
 from flax import nnx
 from omegaconf import OmegaConf
 
+from sandbox.core.build import compose, init_sharded_state, split_model
+from sandbox.core.errors import UserError
+from sandbox.core.mesh import build_layout
+from sandbox.core.optim import make_optimizer
+from sandbox.core.step import make_train_step
 from sandbox.data import ByteTokenizer
-from sandbox.errors import UserError
 from sandbox.models.transformer import Transformer
 from sandbox.objectives import AR, MDLM
-from sandbox.objectives.schedules import make_schedule
-from sandbox.optim import make_optimizer
-from sandbox.train import init_state, make_train_step, split_model
 
 
 def log_softmax(x, axis=-1):
@@ -123,7 +124,7 @@ def _mc(fn, n_keys: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "polynomial"])
 def test_mdlm_loss_is_an_unbiased_estimate_of_the_exact_nelbo(schedule):
     exact = exact_mdlm_nelbo(X)
-    obj = MDLM(schedule=schedule, power=3.0, t_min=0.0).bind(MTOK)
+    obj = MDLM(schedule=make_schedule(schedule, 3.0), t_min=0.0).bind(MTOK)
     batch = jnp.asarray(np.tile(X, (8, 1)))  # 8 copies: the antithetic times span [0, 1)
 
     def one_nelbo(key):  # the single-draw estimator at a uniform time
@@ -218,6 +219,16 @@ def test_mdlm_needs_bind():
 # ----------------------------------------------------------------------------- schedules
 
 
+def make_schedule(name: str, power: float = 2.0):
+    """The schedule ``objective/schedule=<name>`` selects (conf/objective/schedule/), as the trainer
+    builds it."""
+    import hydra
+
+    over = [f"objective.schedule.power={power}"] if name == "polynomial" else []
+    cfg = compose(["objective=mdlm", f"objective/schedule={name}", *over])
+    return hydra.utils.instantiate(cfg.objective.schedule)
+
+
 @pytest.mark.parametrize("name,power", [("linear", 2.0), ("cosine", 2.0), ("polynomial", 2.0),
                                         ("polynomial", 3.0)])
 def test_schedule_endpoints_and_weight(name, power):
@@ -241,10 +252,11 @@ def test_linear_weight_is_one_over_t():
 
 
 def test_unknown_schedule_is_a_user_error():
-    with pytest.raises(UserError, match="schedule"):
+    with pytest.raises(UserError, match="objective/schedule=sigmoid: unknown option") as e:
         make_schedule("sigmoid")
+    assert "cosine" in str(e.value) and "polynomial" in str(e.value)
     with pytest.raises(UserError, match="schedule"):
-        MDLM(schedule="sigmoid")
+        MDLM(schedule="sigmoid")  # a name, not a schedule object
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 64])
@@ -282,8 +294,9 @@ def _overfit(objective, steps):
                                   warmup_steps=1, min_lr_ratio=1.0, grad_clip=1.0))
     tx, _ = make_optimizer(optim, steps)
     graphdef, params = split_model(model)
-    state = init_state(params, tx)
-    step = make_train_step(graphdef, objective, tx, ema_decay=0.99)
+    layout = build_layout(None)  # mesh=single: the trainer's step on one device
+    state = init_sharded_state(params, tx, layout)
+    step = make_train_step(graphdef, objective, tx, 0.99, layout, state)
     losses = []
     for i in range(steps):
         state, m = step(state, batch, jax.random.PRNGKey(i))

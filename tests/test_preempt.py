@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import pytest
 from conftest import REPO, TINY, assert_same_curve
 
-from sandbox.checkpoint import Checkpointer
+from sandbox.core.checkpoint import Checkpointer
 
 # 12 steps, a checkpoint every 2: a kill lands before, between or during checkpoints
 LONG = [o for o in TINY if not o.startswith(("train.steps", "train.ckpt_every", "train.eval_every"))] + [
@@ -102,7 +102,7 @@ def test_sigkill_at_a_random_moment_then_resume_matches_an_uninterrupted_run(ref
 
 def test_sigterm_leaves_a_restorable_checkpoint_and_exits_cleanly(reference, sandbox_cache, xla_cache,
                                                                    tmp_path):
-    from sandbox.runs import load_run
+    from sandbox.core.runs import load_run
 
     d = tmp_path / "term"
     p = start(d, sandbox_cache, xla_cache)
@@ -122,7 +122,7 @@ def test_sigterm_leaves_a_restorable_checkpoint_and_exits_cleanly(reference, san
 def test_slurm_warning_signal_stops_then_hands_over_to_the_previous_handler():
     """USR2 (SLURM's pre-timeout signal under submitit) sets the stop flag like SIGTERM; after
     the checkpoint the trainer calls the handler that was there before (submitit's requeue)."""
-    from sandbox.train import _Stop
+    from sandbox.core.preempt import Stop as _Stop
 
     calls = []
     old = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
@@ -214,8 +214,8 @@ def test_launchers_compose_and_site_settings_come_from_the_ignored_local_file(tm
 
 
 def test_a_submitit_launcher_without_the_extra_is_one_line(monkeypatch):
-    from sandbox.errors import UserError
-    from sandbox.train import check_launcher
+    from sandbox.core.cli import check_launcher
+    from sandbox.core.errors import UserError
 
     monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_submitit_launcher", None)  # import fails
     check_launcher(["-m", "objective=ar,mdlm"])  # the basic launcher needs nothing

@@ -1,4 +1,4 @@
-"""Sample-quality statistics (sandbox.quality) against hand-computed values, and the judge.
+"""Sample-quality statistics (sandbox.eval.metrics) against hand-computed values, and the judge.
 
 The judge is a tiny AR model trained in-process for 40 steps on the fixture text: enough
 to prefer that text to random bytes, which is all gen-perplexity needs to show.
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from conftest import TINY, compose
 
-from sandbox.errors import UserError
-from sandbox.quality import (
+from sandbox.core.errors import UserError
+from sandbox.eval.metrics import (
     _windows,
     ast_parse_rate,
     ast_parse_rate_lines,
@@ -95,7 +95,7 @@ def judge_run(tmp_path_factory, sandbox_cache):
 
 
 def test_gen_perplexity_prefers_the_judges_own_text_to_random_bytes(judge_run):
-    from sandbox.runs import load_run
+    from sandbox.core.runs import load_run
 
     judge = load_judge(judge_run, batch_size=4)
     assert judge.window == 32 and judge.objective.name == "ar"
@@ -109,7 +109,7 @@ def test_gen_perplexity_prefers_the_judges_own_text_to_random_bytes(judge_run):
 
 
 def test_a_judge_must_be_an_ar_run(tmp_path):
-    (tmp_path / "config.yaml").write_text("objective:\n  name: mdlm\n")
+    (tmp_path / "config.yaml").write_text("objective:\n  _target_: sandbox.objectives.MDLM\n  name: mdlm\n")
     with pytest.raises(UserError, match="objective=mdlm"):
         load_judge(tmp_path)
     with pytest.raises(UserError, match="no such folder"):

@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 from conftest import TINY, compose
 
+import sandbox.core.generate as gen_mod
 import sandbox.evaluate as evaluate_mod
 import sandbox.sample as sample_mod
-from sandbox.errors import UserError
+from sandbox.core.cli import check_sampler_overrides
+from sandbox.core.errors import UserError
 from sandbox.train import run
 
 MASK_ID = 258  # ByteTokenizer
@@ -102,13 +104,13 @@ def test_ar_sampling_keeps_the_prompt_and_counts_one_call_per_token(runs, tmp_pa
 
 
 def test_default_sampler_follows_the_objective(runs):
-    s = sample_mod.setup(sample_cfg(f"run_dir={runs['mdlm']}"))
+    s = gen_mod.setup(sample_cfg(f"run_dir={runs['mdlm']}"))
     assert s.sampler.name == "mdm_ancestral" and s.sampler.steps == 32  # 64 lowered to the length
     assert s.sampler.mask_id == MASK_ID and s.length == 32
 
 
 def test_bd3lm_run_samples_with_its_block_size_by_default(runs, tmp_path):
-    s = sample_mod.setup(sample_cfg(f"run_dir={runs['bd3lm']}"))
+    s = gen_mod.setup(sample_cfg(f"run_dir={runs['bd3lm']}"))
     assert s.sampler.name == "bd3lm" and s.sampler.block_size == 8 and s.sampler.inner.steps == 8
     out = tmp_path / "s.jsonl"
     sample_mod.task(sample_cfg(f"run_dir={runs['bd3lm']}", "num_samples=3", "batch_size=3", f"out={out}"))
@@ -116,7 +118,7 @@ def test_bd3lm_run_samples_with_its_block_size_by_default(runs, tmp_path):
     samples = [r for r in recs if "tokens" in r]
     assert len(samples) == 3 and all(MASK_ID not in r["tokens"] and len(r["tokens"]) == 32 for r in samples)
     with pytest.raises(UserError, match="trained with objective=bd3lm"):
-        sample_mod.setup(sample_cfg(f"run_dir={runs['bd3lm']}", "sampler=mdm_ancestral"))
+        gen_mod.setup(sample_cfg(f"run_dir={runs['bd3lm']}", "sampler=mdm_ancestral"))
 
 
 @pytest.mark.parametrize("which,overrides,words", [
@@ -132,7 +134,7 @@ def test_bd3lm_run_samples_with_its_block_size_by_default(runs, tmp_path):
 ], ids=["ar-sampler-on-mdlm", "steps-0", "steps-over-length", "tau-0", "tau-over-1", "prompt-mdlm",
         "prompt-ar", "weights", "num-samples"])
 def test_bad_settings_are_refused_before_compiling(runs, monkeypatch, which, overrides, words):
-    monkeypatch.setattr(sample_mod, "compile_sampler", lambda *a: pytest.fail("compiled"))
+    monkeypatch.setattr(gen_mod, "compile_sampler", lambda *a: pytest.fail("compiled"))
     before = files(runs[which])
     with pytest.raises(UserError, match=words.replace(".", r"\.")):
         sample_mod.task(sample_cfg(f"run_dir={runs[which]}", *overrides))
@@ -153,8 +155,8 @@ def test_bad_run_folders(runs, tmp_path):
 
 def test_sampler_keys_need_the_sampler_named():
     with pytest.raises(UserError, match="name the sampler"):
-        sample_mod.check_sampler_overrides(["run_dir=x", "sampler.steps=3"])
-    sample_mod.check_sampler_overrides(["run_dir=x", "sampler=mdm_ancestral", "sampler.steps=3"])
+        check_sampler_overrides(["run_dir=x", "sampler.steps=3"])
+    check_sampler_overrides(["run_dir=x", "sampler=mdm_ancestral", "sampler.steps=3"])
 
 
 # --- evaluate eval=quality --------------------------------------------------------------------
@@ -188,5 +190,5 @@ def test_evaluate_without_a_judge(runs, tmp_path):
     assert line["samples"]["ast_parse_rate"] is None        # text_files of .txt: not code
     with pytest.raises(UserError, match="experiment=judge"):
         evaluate_mod.task(eval_cfg(f"run_dir={runs['mdlm']}", f"runs_root={tmp_path}"))
-    with pytest.raises(UserError, match="must be an AR run"):
+    with pytest.raises(UserError, match="must be an exact left-to-right run"):
         evaluate_mod.task(eval_cfg(f"run_dir={runs['ar']}", f"judge_dir={runs['mdlm']}"))

@@ -12,7 +12,7 @@ from flax import nnx
 
 import sandbox.samplers.ar as ar_mod
 import sandbox.samplers.mdm as mdm_mod
-from sandbox.errors import UserError
+from sandbox.core.errors import UserError
 from sandbox.models.transformer import Transformer
 from sandbox.samplers import Ancestral, ARSampler, FirstHitting, Threshold, TopKConfidence, compile_sampler
 from sandbox.samplers.categorical import filter_logits, sample
@@ -100,10 +100,6 @@ def _model(vocab=12, **kw):
     return Transformer(vocab_size=vocab, d_model=32, n_layers=1, n_heads=2, rngs=nnx.Rngs(0), **kw)
 
 
-def _objective_for(s):
-    return "ar" if s.family == "ar" else "mdlm"
-
-
 @pytest.mark.parametrize("precision", ["exact", "fp32_truncating"])
 @pytest.mark.parametrize("s", SAMPLERS, ids=lambda s: f"{s.name}-{getattr(s, 'use_cache', '')}")
 def test_each_sampler_uses_the_shared_categorical_with_its_precision(monkeypatch, s, precision):
@@ -141,7 +137,7 @@ def test_diffusion_samplers_keep_the_prompt_and_leave_no_mask(tiny, s):
     g, p = tiny
     s = s.bind(Tok)
     length, prompt = 16, jnp.array([[1, 2, 3], [4, 5, 6]], jnp.int32)
-    s.check(objective="mdlm", length=length, prompt_len=3)
+    s.check(family="mdm", length=length, prompt_len=3)
     toks, nfe = compile_sampler(s, g, length)(p, jax.random.PRNGKey(1), prompt)
     toks = np.asarray(toks)
     assert (toks[:, :3] == np.asarray(prompt)).all()
@@ -291,8 +287,8 @@ def test_ar_sampler_with_and_without_cache_agree(tiny):
     (Threshold(tau=1.5), {}, "sampler.tau"),
     (Ancestral(steps=4), {"prompt_len": 16}, "prompt"),
     (ARSampler(), {"prompt_len": 20}, "prompt"),
-    (Ancestral(steps=4), {"objective": "ar"}, "objective=ar"),
-    (ARSampler(), {"objective": "mdlm"}, "objective=mdlm"),
+    (Ancestral(steps=4), {"family": "ar", "objective": "ar"}, "objective=ar"),
+    (ARSampler(), {"family": "mdm", "objective": "mdlm"}, "objective=mdlm"),
     (Ancestral(steps=4, grid="log"), {}, "sampler.grid"),
     (Ancestral(steps=4, precision="fp16"), {}, "sampler.precision"),
     (Ancestral(steps=2, block_size=2), {}, "sampler.steps"),
@@ -300,14 +296,14 @@ def test_ar_sampler_with_and_without_cache_agree(tiny):
     (ARSampler(chunk=0), {}, "sampler.chunk"),
 ])
 def test_bad_settings_raise_one_line(s, kw, words):
-    args = {"objective": _objective_for(s), "length": 16, "prompt_len": 0, **kw}
+    args = {"family": s.family, "length": 16, "prompt_len": 0, **kw}
     with pytest.raises(UserError) as e:
         s.check(**args)
     assert words in str(e.value) and "\n" not in str(e.value)
 
 
 def test_threshold_tau_one_is_allowed():
-    Threshold(tau=1.0).check(objective="mdlm", length=16, prompt_len=0)
+    Threshold(tau=1.0).check(family="mdm", length=16, prompt_len=0)
     assert math.isclose(Threshold().tau, 0.9)
 
 
@@ -321,7 +317,7 @@ def test_greedy_precision_is_the_argmax_and_ignores_the_key():
     assert (np.asarray(a) == np.asarray(b)).all()
     assert (np.asarray(sample(jax.random.PRNGKey(1), logits, "exact")) != np.asarray(a)).any()
     assert check_precision("greedy") == "greedy"
-    ARSampler(precision="greedy").check(objective="ar", length=16, prompt_len=0)
+    ARSampler(precision="greedy").check(family="ar", length=16, prompt_len=0)
 
 
 # --- masked-diffusion infill from a partly known canvas ---------------------------------------
@@ -457,7 +453,7 @@ def test_ar_stop_at_eos_stops_early_and_matches_full_decoding(eos_models, path, 
     g_def, params = eos_models["gla" if path == "recurrent" else "attn"]
     base = ARSampler(chunk=EOS_CHUNK, use_cache=path != "no_cache", precision=precision).bind(Tok)
     stop = base.replace(stop_at_eos=True)
-    stop.check(objective="ar", length=EOS_LEN, prompt_len=EOS_P)
+    stop.check(family="ar", length=EOS_LEN, prompt_len=EOS_P)
 
     @jax.jit
     def both(params, key, prompt, bias):
@@ -490,6 +486,6 @@ def test_ar_stop_at_eos_stops_early_and_matches_full_decoding(eos_models, path, 
 
 def test_ar_stop_at_eos_needs_a_bound_tokenizer():
     with pytest.raises(UserError) as e:
-        ARSampler(stop_at_eos=True).check(objective="ar", length=16, prompt_len=0)
+        ARSampler(stop_at_eos=True).check(family="ar", length=16, prompt_len=0)
     assert "stop_at_eos" in str(e.value) and "\n" not in str(e.value)
     assert ARSampler(stop_at_eos=True).bind(Tok).eos_id == Tok.eos_id

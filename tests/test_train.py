@@ -21,7 +21,7 @@ import yaml
 from conftest import FIXTURES, REPO, TEXT, TINY, assert_same_curve, compose
 
 import sandbox.data.batches as batches_mod
-from sandbox.errors import UserError
+from sandbox.core.errors import UserError
 from sandbox.train import run
 
 RUN_FILES = ("config.yaml", "overrides.yaml", "git.json", "env.json", "shapes.json", "metrics.jsonl")

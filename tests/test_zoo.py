@@ -23,15 +23,17 @@ import pytest
 from conftest import CONF, compose
 from flax import nnx
 
-from sandbox.cli import instantiate
+from sandbox.core.build import init_state, split_model
+from sandbox.core.cli import instantiate
+from sandbox.core.errors import UserError
+from sandbox.core.mesh import build_layout
+from sandbox.core.step import make_train_step
 from sandbox.data import ByteTokenizer
-from sandbox.errors import UserError
 from sandbox.models import aux
 from sandbox.models.attention import BlockDiffusionMask, attend
 from sandbox.models.moe import MoE
 from sandbox.objectives import AR, BD3LM, MDLM
 from sandbox.samplers.ar import ARSampler
-from sandbox.train import init_state, make_train_step, split_model
 
 TOK = ByteTokenizer()
 L = 16          # training window
@@ -167,12 +169,14 @@ def results(variant):
     moe = variant == "tiny_moe"
     checked = graph(variant, *(["model.mlp.capacity_factor=2.0"] if moe else []))
     capped = graph(variant, "model.mlp.capacity_factor=0.5") if moe else None
-    graphdef, _ = split_model(spec(variant))
+    graphdef, abstract = split_model(spec(variant))
     tx = optax.adam(3e-3)
+    layout = build_layout(None)  # mesh=single: the trainer's step
+    example = jax.eval_shape(lambda p: init_state(p, tx), abstract)
     objs = {o: make_objective(o) for o in objectives}
     for obj in objs.values():
         obj.check(spec(variant), TOK)
-    steps = {o: make_train_step(graphdef, obj, tx, 0.99) for o, obj in objs.items()}
+    steps = {o: make_train_step(graphdef, obj, tx, 0.99, layout, example) for o, obj in objs.items()}
     bd = make_objective("bd3lm")
     x = tokens(length=8, seed=2)   # decoding: prefill 3, a chunk of 2, a commit, 2, a commit, 1
     y = x.copy()

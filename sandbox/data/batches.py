@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from sandbox.errors import UserError
+from sandbox.core.errors import UserError
 
 
 def check_seq_len(tokens: np.ndarray, seq_len: int, split: str,
@@ -97,7 +97,7 @@ class LMBatches:
     windows of the training split (``get_batch``), fixed windows of ``val`` (``eval_batches``).
 
     A data config whose object has a ``batch_source(tokenizer, cache_dir, progress)`` method
-    brings its own source instead (``sandbox.data.edits.task.EditBatches``: conditional
+    brings its own source instead (``sandbox.tasks.edits.task.EditBatches``: conditional
     sequences, batches as ``{"tokens", "cond"}``). Both answer the same four calls.
     ``unique_tokens`` keeps only the first N tokens of the split (the data-repetition study).
     """

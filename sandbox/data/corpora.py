@@ -45,8 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sandbox.core.errors import UserError
 from sandbox.data import pcfg
-from sandbox.errors import UserError
 
 SPLITS = ("train", "val", "test")
 

@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from sandbox.core.errors import UserError
 from sandbox.data.corpora import SPLITS, content_sha256, split_documents
 from sandbox.data.tokenizers import Tokenizer
-from sandbox.errors import UserError
 
 #: bump when the on-disk format or the way text becomes tokens changes
 PREPARE_VERSION = 1

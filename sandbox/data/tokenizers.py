@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sandbox.errors import UserError
+from sandbox.core.errors import UserError
 
 N_SPECIALS = 4  # eos, pad, mask, bos, in that order after the text ids
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from sandbox.errors import UserError
+from sandbox.core.errors import UserError
 
 MASK_KINDS = ("causal", "bidirectional", "block_diffusion")
 
@@ -76,12 +76,12 @@ IMPLS = ("auto", "xla", "chunked", "cudnn")
 
 
 def resolve_impl(impl: str, dtype) -> str:
+    """Check ``model.attention``. ``auto`` is resolved by the build recipe for the backend it
+    runs on (``sandbox.core.mesh.resolve_attention``); a backbone built directly with ``auto``
+    gets the portable chunked kernel (the model never asks the backend)."""
     if impl not in IMPLS:
         raise UserError(f"model.attention: unknown value '{impl}' (choose one of {', '.join(IMPLS)})")
-    if impl != "auto":
-        return impl
-    on_gpu = jax.default_backend() == "gpu"
-    return "cudnn" if on_gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "chunked"
+    return "chunked" if impl == "auto" else impl
 
 
 def _softmax(s):

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sandbox.errors import UserError
+from sandbox.core.errors import UserError
 from sandbox.models.attention import MASK_KINDS, _softmax, attend, block_masks, prefill_masks, step_masks
 from sandbox.models.transformer import RMSNorm, _cfg_window, param, rope
 

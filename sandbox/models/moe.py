@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sandbox.errors import UserError
+from sandbox.core.errors import UserError
 from sandbox.models import aux
 from sandbox.models.transformer import param
 

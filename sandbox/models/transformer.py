@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sandbox.errors import UserError
+from sandbox.core.errors import UserError
 from sandbox.models.attention import (
     MASK_KINDS,
     attend,
@@ -82,7 +82,6 @@ def param(rngs: nnx.Rngs, shape, axes, std: float) -> nnx.Param:
     return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32), logical_axes=axes)
 
 
-_param = param  # the name the first version used
 
 
 def zeros_param(shape, axes) -> nnx.Param:

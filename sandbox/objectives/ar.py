@@ -7,7 +7,7 @@ unconditional, exactly like a diffusion model's view of the window.
 
 loss = -1/(B L) sum_{b,l} log p(x_l | BOS, x_<l)   (nats per token)
 
-Conditional data (``cond[B, L]`` True on a prompt, ``sandbox.data.edits.task``): the same
+Conditional data (``cond[B, L]`` True on a prompt, ``sandbox.tasks.edits.task``): the same
 forward, averaged over the positions outside the prompt only, i.e. -log p(target | prompt).
 """
 
@@ -28,6 +28,9 @@ class AR(Objective):
     exact: bool = True
     flops_factor: float = 1.0
     conditional: bool = True
+    sampler_family: str = "ar"
+    default_sampler: str = "ar"
+    edit_sampler: str | None = "ar"
 
     def bind(self, tokenizer):
         return self.replace(bos_id=int(tokenizer.bos_id))

@@ -11,9 +11,20 @@ training loss and a likelihood figure comparable across objectives:
   evaluator report a Monte-Carlo standard error.
 - ``mask_kind``: the attention mask it needs from the backbone.
 - ``conditional``: whether ``loss`` / ``nll`` take ``cond[B, L]`` (True on prompt positions,
-  which are clean context, never corrupted or scored; ``sandbox.data.edits.task``).
+  which are clean context, never corrupted or scored; ``sandbox.tasks.edits.task``).
 - ``flops_factor``: forward cost of one training token relative to one backbone token
   (2 for block diffusion's doubled input), used for compute-matched budgets.
+
+It also **describes itself** to the rest of the code, so that adding an objective is one
+class plus one YAML file (``docs/extending.md``), with no table of names elsewhere:
+
+- ``exact``: its ``nll`` is the exact likelihood (True) or an upper bound (False); written
+  as ``bound`` (``exact`` | ``upper``) into every evaluation and the run's meta line.
+- ``label``: its short name in reports (``bd3lm(16)``: the block size matters).
+- ``sampler_family``: which samplers read its checkpoints (a sampler's ``family``).
+- ``default_sampler``: ``conf/sampler/<name>.yaml`` used when no sampler is named.
+- ``edit_sampler``: the default sampler of the code-edit evaluation (None: it does not
+  train on conditional data).
 
 Auxiliary losses: a backbone layer may record one during a forward pass (the MoE MLP's
 load-balancing loss; ``sandbox.models.aux``). ``loss`` runs its model calls inside
@@ -31,7 +42,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from sandbox.errors import UserError
+from sandbox.core.errors import UserError
 from sandbox.models import aux as aux_lib
 from sandbox.models.attention import mask_name
 
@@ -42,6 +53,22 @@ class Objective:
     exact: bool = True
     flops_factor: float = 1.0
     conditional: bool = False
+    sampler_family: str = "ar"
+    default_sampler: str = "ar"
+    edit_sampler: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    @property
+    def bound(self) -> str:
+        return "exact" if self.exact else "upper"
+
+    def describe(self) -> dict:
+        """What a result row records about the objective (reports read this, not a table)."""
+        return {"objective": self.name, "objective_label": self.label, "bound": self.bound,
+                "sampler_family": self.sampler_family}
 
     def bind(self, tokenizer) -> Objective:
         """Return a copy that knows the tokenizer's special token ids."""
@@ -73,14 +100,6 @@ class Objective:
         if not tape:
             return loss, metrics
         return loss + tape.total(), {**metrics, "aux_loss": tape.raw()}
-
-
-def suppress(logits, ids):
-    """logits[..., V] with -inf at the token ids ``ids`` (SUBS's mask token, tokens a
-    sampler must never draw). A broadcast select fuses into the logits' producer; a scatter
-    (``.at[...].set``) would copy the whole [B, L, V] array."""
-    ids = jnp.asarray(tuple(ids), jnp.int32)
-    return jnp.where(jnp.isin(jnp.arange(logits.shape[-1]), ids), -jnp.inf, logits)
 
 
 def seq_mean(values, cond=None):

@@ -15,7 +15,7 @@ Design choices:
   positions 0..L-1) with the block-diagonal / offset-block-causal / block-causal mask
   (``attention.BlockDiffusionMask``, BD3LM Sec. 3.2): the noised half's logits are every
   block's prediction given the clean earlier blocks. The backbone therefore reads 2L tokens
-  per L-token window: ``flops_factor = 2`` (see ``sandbox.flops``).
+  per L-token window: ``flops_factor = 2`` (see ``sandbox.core.flops``).
 - Each block draws its own time ``t`` (stratified over the batch's B x L/block_size blocks),
   as in the paper. Training may clip the mask rate to a window ``t ~ U[beta, omega]``
   (BD3LM Sec. 4, "clipped noise schedules"; a variance-reduction device that changes the
@@ -31,22 +31,22 @@ Design choices:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 
-from sandbox.errors import UserError
+from sandbox.core.errors import UserError
 from sandbox.models.attention import BlockDiffusionMask
-from sandbox.objectives.base import Objective, suppress, token_nll
-from sandbox.objectives.schedules import Linear, make_schedule
+from sandbox.models.logits import suppress
+from sandbox.objectives.base import Objective, token_nll
+from sandbox.objectives.schedules import Linear
 
 
 @dataclass(frozen=True)
 class BD3LM(Objective):
     block_size: int = 16
-    schedule: str = "linear"
-    power: float = 2.0
+    schedule: object = Linear()  # alpha(t); the objective/schedule group (conf/objective/schedule/)
     t_min: float = 1e-3          # beta: lower end of the training mask-rate window
     t_max: float = 1.0           # omega: upper end
     eval_draws: int = 8
@@ -56,15 +56,22 @@ class BD3LM(Objective):
     exact: bool = False
     flops_factor: float = 2.0    # the backbone reads [z_t ; x]: 2L tokens per L-token window
     mask_kind: object = None     # set from block_size
-    _sched: object = field(default=Linear(), repr=False, compare=False)
+    sampler_family: str = "bd3lm"
+    default_sampler: str = "bd3lm"
+
+    @property
+    def label(self) -> str:
+        return f"bd3lm({self.block_size})"
 
     def __post_init__(self):
+        if not (hasattr(self.schedule, "alpha") and hasattr(self.schedule, "weight")):
+            raise UserError(f"objective.schedule={self.schedule!r} is not a schedule; select one with "
+                            "objective/schedule=linear|cosine|polynomial (conf/objective/schedule/)")
         if self.block_size < 1:
             raise UserError(f"objective.block_size={self.block_size} must be >= 1")
         if not 0 <= self.t_min < self.t_max <= 1:
             raise UserError(f"objective.t_min={self.t_min} and objective.t_max={self.t_max} "
                             "must satisfy 0 <= t_min < t_max <= 1 (the training mask-rate window)")
-        object.__setattr__(self, "_sched", make_schedule(self.schedule, self.power))
         object.__setattr__(self, "mask_kind", BlockDiffusionMask(int(self.block_size)))
 
     def bind(self, tokenizer):
@@ -101,11 +108,11 @@ class BD3LM(Objective):
         kt, km = jax.random.split(key)
         t = self.sample_times(kt, b * nb).reshape(b, nb)
         t_tok = jnp.repeat(t, self.block_size, axis=1)                       # [B, L]
-        masked = jax.random.uniform(km, tokens.shape) < 1.0 - self._sched.alpha(t_tok)
+        masked = jax.random.uniform(km, tokens.shape) < 1.0 - self.schedule.alpha(t_tok)
         z = jnp.where(masked, self.mask_id, tokens)
         with self.aux_losses() as aux:
             ce = token_nll(self.logits(model, z, tokens), tokens)
-        w = self._sched.weight(jnp.maximum(t_tok, 1e-12))
+        w = self.schedule.weight(jnp.maximum(t_tok, 1e-12))
         loss = jnp.mean(jnp.where(masked, w * ce, 0.0))
         return self.add_aux(loss, {"nelbo": loss}, aux)
 

@@ -26,7 +26,7 @@ Design choices:
   time form whose 1/t weight gives draws of infinite variance near t = 0. ``K`` draws
   per sequence are stratified over k and the evaluator reports their standard error.
   ``eval_estimator=time`` keeps the time form (clipped at ``eval_t_min``) for comparison.
-- Conditional data (``cond[B, L]`` True on a clean prompt, ``sandbox.data.edits.task``): only
+- Conditional data (``cond[B, L]`` True on a clean prompt, ``sandbox.tasks.edits.task``): only
   positions outside the prompt are ever masked or scored, and the bound is divided by their
   number, so it bounds -log p(target | prompt) per target token (the count form then draws
   k ~ U{1..#target}).
@@ -34,20 +34,20 @@ Design choices:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 
-from sandbox.errors import UserError
-from sandbox.objectives.base import Objective, seq_mean, suppress, token_nll
-from sandbox.objectives.schedules import Linear, make_schedule
+from sandbox.core.errors import UserError
+from sandbox.models.logits import suppress
+from sandbox.objectives.base import Objective, seq_mean, token_nll
+from sandbox.objectives.schedules import Linear
 
 
 @dataclass(frozen=True)
 class MDLM(Objective):
-    schedule: str = "linear"
-    power: float = 2.0          # for schedule=polynomial
+    schedule: object = Linear()  # alpha(t); the objective/schedule group (conf/objective/schedule/)
     t_min: float = 1e-3         # training clip
     eval_estimator: str = "count"  # "count" (bounded draws) or "time" (the training form)
     eval_t_min: float = 0.0     # time-form evaluation clip (0: the full integral)
@@ -59,10 +59,14 @@ class MDLM(Objective):
     exact: bool = False
     flops_factor: float = 1.0
     conditional: bool = True
-    _sched: object = field(default=Linear(), repr=False, compare=False)
+    sampler_family: str = "mdm"
+    default_sampler: str = "mdm_ancestral"
+    edit_sampler: str | None = "mdm_threshold"
 
     def __post_init__(self):
-        object.__setattr__(self, "_sched", make_schedule(self.schedule, self.power))
+        if not (hasattr(self.schedule, "alpha") and hasattr(self.schedule, "weight")):
+            raise UserError(f"objective.schedule={self.schedule!r} is not a schedule; select one with "
+                            "objective/schedule=linear|cosine|polynomial (conf/objective/schedule/)")
         if self.eval_estimator not in ("count", "time"):
             raise UserError(f"objective.eval_estimator: unknown value '{self.eval_estimator}' "
                             "(choose count or time)")
@@ -83,7 +87,7 @@ class MDLM(Objective):
     def corrupt(self, key, tokens, t, cond=None):
         """Mask each token (outside the prompt ``cond``) with probability 1 - alpha(t).
         tokens[B, L], t[B] -> (z, masked)."""
-        p_mask = 1.0 - self._sched.alpha(t)[:, None]
+        p_mask = 1.0 - self.schedule.alpha(t)[:, None]
         masked = jax.random.uniform(key, tokens.shape) < p_mask
         if cond is not None:
             masked = masked & ~cond
@@ -99,7 +103,7 @@ class MDLM(Objective):
         assert self.mask_id >= 0, "call objective.bind(tokenizer) first"
         z, masked = self.corrupt(key, tokens, t, cond)
         ce = token_nll(self.logits(model, z), tokens)
-        w = self._sched.weight(jnp.maximum(t, 1e-12))[:, None]
+        w = self.schedule.weight(jnp.maximum(t, 1e-12))[:, None]
         return seq_mean(jnp.where(masked, w * ce, 0.0), cond)
 
     # -- the objective API -------------------------------------------------------------------

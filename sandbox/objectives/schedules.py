@@ -9,7 +9,10 @@ Shi et al. 2024, MD4 eq. 5).
 - cosine:      alpha = 1 - cos(pi/2 (1 - t)), weight = pi/2 tan(pi/2 (1 - t))
 - polynomial:  alpha = 1 - t**p,             weight = p / t
 
-Each is a frozen dataclass so it is hashable and can sit inside a jitted objective.
+Each is a frozen dataclass so it is hashable and can sit inside a jitted objective. They
+form the Hydra group ``objective/schedule`` (``conf/objective/schedule/*.yaml``), selected by
+``_target_``: ``objective/schedule=cosine``. A new schedule is a class here (or anywhere
+importable) plus one YAML file.
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ import math
 from dataclasses import dataclass
 
 import jax.numpy as jnp
-
-from sandbox.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,3 @@ class Polynomial:
 
     def weight(self, t):
         return self.power / t
-
-
-SCHEDULES = {"linear": Linear, "cosine": Cosine, "polynomial": Polynomial}
-
-
-def make_schedule(name: str, power: float = 2.0):
-    if name not in SCHEDULES:
-        raise UserError(f"objective.schedule: unknown value '{name}' (choose one of {', '.join(SCHEDULES)})")
-    return Polynomial(power) if name == "polynomial" else SCHEDULES[name]()

@@ -38,8 +38,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from sandbox.errors import UserError
-from sandbox.objectives.base import suppress
+from sandbox.core.errors import UserError
+from sandbox.models.logits import suppress
 from sandbox.samplers.base import Sampler
 from sandbox.samplers.categorical import filter_logits, sample
 

@@ -8,9 +8,12 @@ per (sampler, batch, prompt length, length), never a Python loop per step. Maske
 samplers also have ``infill(model, key, z, start)`` (a canvas with known tokens after the
 prompt; ``samplers/mdm.py``).
 
-``family`` says which objectives' checkpoints it can read (``ar`` or ``mdm``); ``bind``
-copies in the tokenizer's special ids; ``check`` raises a one-line UserError for settings
-that cannot work (steps out of range, a prompt longer than the output ...).
+``family`` says which checkpoints it can read: those of every objective whose
+``sampler_family`` is the same (``ar``: left to right; ``mdm``: any-order masked
+diffusion; ``bd3lm``: block diffusion). The objective declares it, so a new objective
+pairs with the existing samplers without a table here. ``bind`` copies in the
+tokenizer's special ids; ``check`` raises a one-line UserError for settings that cannot
+work (a sampler of another family, steps out of range, a prompt longer than the output ...).
 """
 
 from __future__ import annotations
@@ -20,11 +23,8 @@ import dataclasses
 import jax
 from flax import nnx
 
-from sandbox.errors import UserError
+from sandbox.core.errors import UserError
 from sandbox.samplers.categorical import check_precision
-
-# Which sampler families can read a checkpoint trained with each objective.
-OBJECTIVE_FAMILY = {"ar": "ar", "mdlm": "mdm", "bd3lm": "bd3lm"}
 
 
 class Sampler:
@@ -38,13 +38,14 @@ class Sampler:
     def replace(self, **kw):
         return dataclasses.replace(self, **kw)
 
-    def check(self, *, objective: str, length: int, prompt_len: int) -> None:
+    def check(self, *, family: str, length: int, prompt_len: int, objective: str | None = None) -> None:
+        """``family``: the ``sampler_family`` of the run's objective (``objective``: its name,
+        for the message)."""
         check_precision(self.precision)
-        fam = OBJECTIVE_FAMILY.get(objective)
-        if fam != self.family:
-            want = ", ".join(k for k, v in OBJECTIVE_FAMILY.items() if v == self.family)
-            raise UserError(f"sampler={self.name} reads {want} checkpoints but this run was trained with "
-                            f"objective={objective}; pick a sampler for that objective")
+        if family != self.family:
+            raise UserError(f"sampler={self.name} reads {self.family} checkpoints but this run was trained "
+                            f"with objective={objective or '?'} (sampler family {family}); pick a "
+                            f"{family} sampler (conf/sampler/)")
         if length < 1:
             raise UserError(f"sampler length={length} must be at least 1")
         if prompt_len >= length:

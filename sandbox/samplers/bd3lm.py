@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from sandbox.errors import UserError
+from sandbox.core.errors import UserError
 from sandbox.samplers.base import Sampler
 from sandbox.samplers.mdm import Ancestral, MaskedDiffusionSampler
 
@@ -62,8 +62,8 @@ class BD3LMSampler(Sampler):
         return self.replace(inner=self.inner.bind(tokenizer), eos_id=int(tokenizer.eos_id),
                             mask_id=int(tokenizer.mask_id))
 
-    def check(self, *, objective: str, length: int, prompt_len: int) -> None:
-        super().check(objective=objective, length=length, prompt_len=prompt_len)
+    def check(self, *, family: str, length: int, prompt_len: int, objective: str | None = None) -> None:
+        super().check(family=family, length=length, prompt_len=prompt_len, objective=objective)
         if not 1 <= self.block_size <= length:
             raise UserError(f"sampler.block_size={self.block_size} must be between 1 and the "
                             f"output length {length}")
@@ -73,7 +73,7 @@ class BD3LMSampler(Sampler):
         if getattr(self.inner, "uses_steps", False) and not 1 <= self.inner.steps <= self.block_size:
             raise UserError(f"sampler.inner.steps={self.inner.steps} (steps per block) must be "
                             f"between 1 and sampler.block_size={self.block_size}")
-        self.inner.check(objective="mdlm", length=self.block_size, prompt_len=0)
+        self.inner.check(family=self.inner.family, length=self.block_size, prompt_len=0)
 
     def for_objective(self, objective):
         """The default sampler of a BD3LM run: the block size it was trained with."""

@@ -36,7 +36,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sandbox.errors import UserError
+from sandbox.core.errors import UserError
 
 PRECISIONS = ("exact", "fp32_truncating", "greedy")
 

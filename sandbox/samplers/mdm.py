@@ -43,8 +43,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from sandbox.errors import UserError
-from sandbox.objectives.base import suppress
+from sandbox.core.errors import UserError
+from sandbox.models.logits import suppress
 from sandbox.samplers.base import Sampler
 from sandbox.samplers.categorical import sample
 
@@ -75,8 +75,8 @@ class MaskedDiffusionSampler(Sampler):
                        if getattr(tokenizer, f, None) is not None)
         return self.replace(mask_id=int(tokenizer.mask_id), banned_ids=banned)
 
-    def check(self, *, objective: str, length: int, prompt_len: int) -> None:
-        super().check(objective=objective, length=length, prompt_len=prompt_len)
+    def check(self, *, family: str, length: int, prompt_len: int, objective: str | None = None) -> None:
+        super().check(family=family, length=length, prompt_len=prompt_len, objective=objective)
         gen = length - prompt_len
         if self.grid not in GRIDS:
             raise UserError(f"sampler.grid: unknown value '{self.grid}' (choose uniform or cosine)")

@@ -1,0 +1,180 @@
+"""Timing one generation point, against a bare forward pass of the same shape.
+
+- **One compiled function per point** (sampler settings x batch x length x prompt
+  length): ``sandbox.samplers.compile_sampler`` lowered and compiled ahead of time; the
+  compile time is reported apart. Then ``--warmup`` untimed calls, then timed calls, each
+  ended by ``jax.block_until_ready``: at most ``--repeats``, and no more once their total
+  passes ``--max-seconds`` (at least one). The row keeps the median and every sample.
+- **The bare-forward reference** (:class:`Forwards`) is the backbone alone, jitted, on the
+  shape a sampler step reads: ``[B, L]`` bidirectional for masked diffusion, ``[B, L + 1]``
+  causal for AR (its static buffer: BOS + L tokens). It is timed *between* the sampler's
+  timed calls (``--fwd-repeats`` after each), so both see the same machine load; the ratio
+  ``step_over_forward = (latency / NFE) / forward`` is the sampler's overhead per model
+  call (1.0 = free sampling), also against a forward inside a compiled loop
+  (``step_over_forward_loop``: the same setting as the sampler's steps, so the ratio is
+  the sampler's own work). For AR with the cache both are far below 1 by design: a cached
+  step reads one token, not the whole buffer.
+- :func:`predict_nfe` bounds a call's model calls before it runs, so ``--max-call-s`` can
+  skip a point that would take too long.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sandbox.bench.gen_plan import Point, Subject, describe_settings
+from sandbox.bench.results import loadavg
+from sandbox.core.mesh import device_info
+from sandbox.samplers import compile_sampler
+
+FWD_LOOP = 4              # forwards per call of the in-loop bare-forward reference
+
+
+class Forwards:
+    """Bare forwards of the backbone, compiled once per (family, batch, sequence length).
+
+    Two references per shape: ``single`` is one jitted call (what a user's forward costs,
+    Python dispatch included); ``loop`` runs ``FWD_LOOP`` forwards inside one compiled
+    ``fori_loop`` (each iteration's input depends on the sum of the previous logits, so
+    none is hoisted or cut short) and is divided by ``FWD_LOOP``: the cost of a forward in
+    the same setting as a sampler's steps, which also run inside a compiled loop.
+    ``step_over_forward`` divides by the first, ``step_over_forward_loop`` by the second. They
+    differ by a fixed cost per executable launch (~1 ms for the tiny model on XLA:CPU,
+    measured: a loop of one forward costs what the single call does, a loop of four costs
+    ~20% less per forward at batch 1, length 128)."""
+
+    def __init__(self, subjects: dict[str, Subject], seed: int = 0):
+        self.subjects, self.seed = subjects, seed
+        self.fns: dict[tuple, tuple] = {}
+        self.compile_s: dict[tuple, float] = {}
+        self.best: dict[tuple, float] = {}   # the last median measured, for predictions
+
+    def get(self, family: str, batch: int, seq: int):
+        k = (family, batch, seq)
+        if k not in self.fns:
+            s = self.subjects[family]
+            mask, gd = s.mask_kind, s.graphdef
+
+            def one(p, x):
+                return nnx.merge(gd, p)(x, mask_kind=mask)
+
+            def loop(p, x):
+                model = nnx.merge(gd, p)
+
+                def body(_, carry):
+                    x, acc = carry
+                    # sum every logit: a slice would let XLA skip most of the forward
+                    y = jnp.sum(model(x, mask_kind=mask))
+                    return x + (y > 3e38).astype(x.dtype), acc + y   # never true: a dependence only
+
+                return jax.lax.fori_loop(0, FWD_LOOP, body, (x, jnp.float32(0)))[1]
+
+            rng = np.random.default_rng(self.seed)
+            x = jnp.asarray(rng.integers(0, s.tokenizer.n_text, (batch, seq), dtype=np.int32))
+            t0 = time.perf_counter()
+            single = jax.jit(one).lower(s.params, x).compile()
+            self.compile_s[k] = time.perf_counter() - t0
+            looped = jax.jit(loop).lower(s.params, x).compile()
+            jax.block_until_ready((single(s.params, x), looped(s.params, x)))  # warm-up
+            self.fns[k] = (single, looped, x, s.params)
+        return self.fns[k]
+
+    def time(self, family: str, batch: int, seq: int, n: int) -> tuple[list[float], list[float]]:
+        """``n`` single calls and one loop call: (single seconds, loop seconds per forward)."""
+        single, looped, x, params = self.get(family, batch, seq)
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            jax.block_until_ready(single(params, x))
+            out.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        jax.block_until_ready(looped(params, x))
+        per = (time.perf_counter() - t0) / FWD_LOOP
+        self.best[(family, batch, seq)] = statistics.median(out)
+        return out, [per]
+
+    def estimate(self, family: str, batch: int, seq: int) -> float:
+        k = (family, batch, seq)
+        if k not in self.best:
+            self.time(family, batch, seq, 2)
+        return self.best[k]
+
+
+def predict_nfe(p: Point, measured: list[dict]) -> int:
+    """Full forwards to predict a call's cost with before running it (an upper bound where
+    known). bd3lm calls read one block each (plus the cache), so a whole generation costs
+    about (steps per block + 1 commit) full forwards; doubled for the cache reads."""
+    s = p.sampler
+    if p.kind == "bd3lm":
+        steps = s.inner.steps if getattr(s.inner, "uses_steps", False) else s.block_size
+        return 2 * (int(steps) + 1)
+    if p.kind == "mdm_threshold":
+        same = [r["nfe"] for r in measured
+                if r["sampler"] == "mdm_threshold" and r["settings"] == s.settings() and r["batch"] < p.batch
+                and (r["length"], r["prompt_len"]) == (p.length, p.prompt_len)]
+        return int(max(same)) if same else p.generated
+    if getattr(s, "uses_steps", False):
+        return int(s.steps)
+    return p.generated
+
+
+def time_point(p: Point, subj: Subject, fwd: Forwards, o, idx: int) -> tuple[dict, object, list]:
+    """Compile, warm up and time one point. Returns (row, compiled fn, outputs [calls])."""
+    load0 = loadavg()
+    rng = np.random.default_rng(o.seed + idx)
+    prompt = jnp.asarray(rng.integers(0, subj.tokenizer.n_text, (p.batch, p.prompt_len), dtype=np.int32))
+    base = jax.random.PRNGKey(o.seed + idx)
+    fn = compile_sampler(p.sampler, subj.graphdef, p.length)
+    t0 = time.perf_counter()
+    compiled = fn.lower(subj.params, base, prompt).compile()
+    compile_s = time.perf_counter() - t0
+    seq = subj.forward_len(p.length)
+    fwd.get(p.family, p.batch, seq)
+    outs, lat, nfes, fwd_times, loop_times = [], [], [], [], []
+    for i in range(o.warmup):
+        outs.append(jax.block_until_ready(compiled(subj.params, jax.random.fold_in(base, i), prompt)))
+    i = o.warmup
+    while True:
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(compiled(subj.params, jax.random.fold_in(base, i), prompt))
+        lat.append(time.perf_counter() - t0)
+        outs.append(out)
+        nfes.append(int(out[1]))
+        single, looped = fwd.time(p.family, p.batch, seq, o.fwd_repeats)
+        fwd_times += single
+        loop_times += looped
+        i += 1
+        if len(lat) >= o.repeats or sum(lat) >= o.max_seconds:
+            break
+    latency = statistics.median(lat)
+    nfe = float(np.mean(nfes))
+    forward_s = statistics.median(fwd_times)
+    forward_loop_s = statistics.median(loop_times)
+    per_nfe = statistics.median(t / max(n, 1) for t, n in zip(lat, nfes))
+    gen = p.generated
+    dev = device_info()
+    row = {"kind": "gen", "point": idx, "sweeps": list(p.sweeps), "family": p.family,
+           "objective": subj.objective, "model": subj.model_name, "model_source": subj.source,
+           "model_step": subj.step, "sampler": p.sampler.name, "label": p.kind,
+           "settings": p.sampler.settings(), "settings_text": describe_settings(p.kind, p.sampler),
+           "batch": p.batch, "length": p.length, "prompt_len": p.prompt_len, "generated": gen,
+           "nfe": nfe, "nfe_samples": nfes, "latency_s": latency, "latency_s_min": min(lat),
+           "latency_s_samples": [round(t, 6) for t in lat],
+           "latency_per_seq_s": latency / p.batch, "latency_per_token_s": latency / gen,
+           "tokens_per_s": p.batch * gen / latency, "tokens_per_forward": gen / nfe if nfe else None,
+           "time_per_nfe_s": per_nfe, "forward_s": forward_s, "forward_shape": [p.batch, seq],
+           "forward_mask": subj.mask_kind, "forward_samples": [round(t, 6) for t in fwd_times],
+           "step_over_forward": per_nfe / forward_s, "forward_loop_s": forward_loop_s,
+           "forward_loop_samples": [round(t, 6) for t in loop_times],
+           "step_over_forward_loop": per_nfe / forward_loop_s, "compile_s": compile_s,
+           "forward_compile_s": fwd.compile_s.get((p.family, p.batch, seq)), "warmup_calls": o.warmup,
+           "timed_calls": len(lat), "quality": None, "load_before": load0, "load_after": loadavg(),
+           "backend": dev["backend"], "device": dev["device"],
+           "dtype": str(jnp.dtype(subj.model.dtype))}
+    return row, (compiled, prompt, base, i), outs

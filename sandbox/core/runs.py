@@ -1,0 +1,193 @@
+"""Open a finished (or running) training run: its config, data, model and latest weights.
+
+``load_run(run_dir, weights="ema") -> LoadedRun`` is what every command that reads a
+trained model uses (``sandbox.sample``, ``sandbox.evaluate``, the judge of
+``sandbox.eval.metrics``). It rebuilds everything from the run folder alone:
+
+- ``<run>/config.yaml`` (the composed, resolved config the trainer wrote) is the only
+  description of the run; nothing is taken from the current command line.
+- data, tokenizer, model and objective come from the build recipe the trainer used
+  (``sandbox.core.build``), so a run reloads exactly as it was trained. A config written
+  by an older version of the sandbox is upgraded first (:func:`upgrade_config`: moved
+  class paths, schedules that were strings). Prepared data is cached, so this is cheap after the first
+  time. The data cache is ``$SANDBOX_CACHE`` when set, else the run's own ``cache_dir``.
+- the newest readable Orbax checkpoint is restored into an *abstract* train state
+  (``Built.abstract_state``): nothing but the restored arrays is allocated.
+  The saved ``shapes.json`` is checked first, so a config edited after training fails with
+  one line naming the first differing parameter.
+- ``weights="ema"`` (default, what evaluation reads) or ``"raw"`` (the optimizer's
+  parameters).
+
+Every problem with the folder (missing, not a run, never checkpointed) is a one-line
+:class:`~sandbox.core.errors.UserError`. :func:`check_same_run` is the trainer's guard on
+resume: a resumed run must keep every setting that changes its trajectory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from flax import nnx
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from sandbox.core.build import build
+from sandbox.core.checkpoint import restore_run
+from sandbox.core.cli import CONF_DIR
+from sandbox.core.errors import UserError
+
+WEIGHTS = ("ema", "raw")
+
+
+@dataclass
+class LoadedRun:
+    """A trained run, ready to sample from or score with.
+
+    ``model`` is the backbone with the restored weights merged in; ``graphdef`` and
+    ``params`` are its split form for jitted pure functions (``nnx.merge(graphdef, params)``).
+    """
+
+    dir: Path
+    cfg: DictConfig
+    data: object            # sandbox.data.Prepared
+    tokenizer: object       # sandbox.data.Tokenizer
+    model: nnx.Module
+    graphdef: object
+    params: object          # nnx.State of the chosen weights
+    objective: object       # bound objective (sandbox.objectives.*)
+    step: int
+    weights: str
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.cfg.train.seq_len)
+
+    @property
+    def train_split(self) -> str:
+        return str(self.cfg.train.get("train_split", "train"))
+
+    def describe(self) -> dict:
+        """What a result row records about the model it came from."""
+        return {"run": str(self.dir), "step": self.step, "weights": self.weights,
+                **self.objective.describe(), "model": str(self.cfg.model.get("name", "?")),
+                "tokenizer": self.tokenizer.name, "data": self.data.manifest.get("corpus")}
+
+
+def read_config(run_dir) -> tuple[Path, DictConfig]:
+    """(path, config) of a run folder; UserError when it is not one."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UserError(f"run_dir={run_dir}: no such folder; pass a run folder written by "
+                        "python -m sandbox.train (its hydra.run.dir)")
+    if not (path / "config.yaml").is_file():
+        raise UserError(f"run_dir={run_dir}: no config.yaml, so not a run folder written by "
+                        "python -m sandbox.train")
+    try:
+        cfg = OmegaConf.load(path / "config.yaml")
+    except Exception as e:
+        raise UserError(f"{path / 'config.yaml'}: unreadable ({type(e).__name__}); "
+                        "the run folder is damaged") from None
+    return path, cfg
+
+
+def has_checkpoint(run_dir) -> bool:
+    ck = Path(run_dir) / "checkpoints"
+    return ck.is_dir() and any(p.name.isdigit() for p in ck.iterdir())
+
+
+def load_run(run_dir, weights: str = "ema") -> LoadedRun:
+    """Rebuild the run in ``run_dir`` and restore its newest checkpoint (see module doc)."""
+    if weights not in WEIGHTS:
+        raise UserError(f"weights={weights!r}: choose ema or raw")
+    path, cfg = read_config(run_dir)
+    if not has_checkpoint(path):
+        raise UserError(f"run_dir={run_dir}: no checkpoint yet; train it first "
+                        f"(python -m sandbox.train ... hydra.run.dir={run_dir})")
+    cfg.cache_dir = os.environ.get("SANDBOX_CACHE", cfg.get("cache_dir", ".cache/sandbox"))
+    cfg.mesh = None  # a reader works on one device, whatever mesh trained the run
+    upgrade_config(cfg)
+    b = build(cfg)
+    state, step = restore_run(path, b.abstract_state())
+    if state is None:
+        raise UserError(f"run_dir={run_dir}: no checkpoint yet; train it first")
+    chosen = state["ema"] if weights == "ema" else state["params"]
+    return LoadedRun(dir=path, cfg=cfg, data=b.data, tokenizer=b.tokenizer,
+                     model=nnx.merge(b.graphdef, chosen), graphdef=b.graphdef, params=chosen,
+                     objective=b.objective, step=int(step), weights=weights)
+
+
+# --- configs written by earlier versions ----------------------------------------------------
+# Class paths that moved (old prefix -> new prefix). A run folder keeps the config it was
+# trained with; this is how it still loads after the code moved.
+MOVED_TARGETS = {"sandbox.data.edits.": "sandbox.tasks.edits."}
+SCHEDULE_CONF = Path(CONF_DIR) / "objective" / "schedule"
+
+
+def upgrade_config(cfg: DictConfig) -> DictConfig:
+    """Rewrite, in place, what an older config spells differently: moved ``_target_`` paths,
+    and ``objective.schedule: <name>`` (+ ``objective.power``) that became a node of the
+    ``objective/schedule`` group."""
+    def walk(node):
+        if OmegaConf.is_dict(node):
+            for k in list(node.keys()):
+                v = node[k]
+                if k == "_target_" and isinstance(v, str):
+                    for old, new in MOVED_TARGETS.items():
+                        if v.startswith(old):
+                            node[k] = new + v[len(old):]
+                else:
+                    walk(v)
+
+    walk(cfg)
+    obj = cfg.get("objective")
+    if obj is not None and isinstance(obj.get("schedule"), str):
+        name = obj.schedule
+        path = SCHEDULE_CONF / f"{name}.yaml"
+        if not path.is_file():
+            raise UserError(f"objective.schedule={name}: unknown schedule in the run's config.yaml "
+                            f"(known: {', '.join(sorted(p.stem for p in SCHEDULE_CONF.glob('*.yaml')))})")
+        node = OmegaConf.load(path)
+        with_power = "power" in node
+        with open_dict(obj):
+            if with_power and obj.get("power") is not None:
+                node.power = obj.power
+            obj.schedule = node
+            obj.pop("power", None)
+    return cfg
+
+
+# --- resuming ---------------------------------------------------------------------------------
+# Keys a resumed run may change: they affect reporting, not the trajectory.
+# A checkpoint restores onto any mesh and any number of processes, so mesh and dist may change
+# (the losses then differ from the original layout's only by float summation order).
+RESUME_MAY_CHANGE = ("cache_dir", "train.progress", "train.eval_every", "train.ckpt_every",
+                     "train.log_every", "train.eval_batches", "train.eval_batch_size", "train.eval_draws",
+                     "mesh.", "dist.", "logger.")
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def check_same_run(cfg, run_dir: Path) -> None:
+    """Resuming must continue the same run: refuse a changed seed, budget, schedule, data...
+
+    (A longer ``train.steps`` would, for instance, stretch the cosine schedule under the
+    steps already taken, so the result would match no uninterrupted run.)"""
+    saved_path = Path(run_dir) / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved_cfg = upgrade_config(OmegaConf.load(saved_path))
+    saved = _flat(OmegaConf.to_container(saved_cfg, resolve=False))
+    now = _flat(OmegaConf.to_container(cfg, resolve=True))
+    for key in sorted(set(saved) | set(now)):
+        if key.startswith(RESUME_MAY_CHANGE) or key in ("mesh", "dist", "logger"):
+            continue
+        if saved.get(key) != now.get(key):
+            raise UserError(f"{key}: the run in {run_dir} was started with {saved.get(key)!r}, now "
+                            f"{now.get(key)!r}; a resumed run must keep it (use a new hydra.run.dir)")

@@ -1,0 +1,1 @@
+"""Sample-quality evaluation: statistics of samples and held-out text, and the judge."""

@@ -1,0 +1,1 @@
+"""Tasks: a data set with its own training source, metrics and evaluation (code edits)."""
