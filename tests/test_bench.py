@@ -95,3 +95,51 @@ def test_format_table_and_flag_lists():
     assert results.int_list("1,2", "--x") == [1, 2] and results.float_list("0.5", "--y") == [0.5]
     with pytest.raises(UserError, match="--x: 0 must be at least 1"):
         results.int_list("0", "--x")
+
+
+def _profile_cli(tmp_path, *extra):
+    return cli.main(["train", "--models", "tiny", "--objectives", "ar", "--batch", "4", "--seq", "32",
+                     "--steps", "2", "--no-nnx", "--peak-n", "128", "--profile", "--out", str(tmp_path),
+                     *extra, *[a for o in SMALL for a in ("-o", o)]])
+
+
+def test_profile_writes_a_table_with_every_category(tmp_path):
+    from sandbox.bench.profile import KINDS, PHASES
+
+    out = _profile_cli(tmp_path)
+    row = out["train"][0]
+    table = (tmp_path / next(tmp_path.iterdir()).name / "profile-tiny-ar.md").read_text()
+    assert row["profile"].endswith("profile-tiny-ar.md")
+    for k in KINDS:
+        assert f"| {k} |" in table
+    ops = [json.loads(x) for x in open(row["profile"].replace(".md", ".jsonl"))]
+    by_kind = {k: sum(o["ms"] for o in ops if o["kind"] == k) for k in KINDS}
+    by_phase = {p: sum(o["ms"] for o in ops if o["phase"] == p) for p in PHASES}
+    assert all(v > 0 for v in by_kind.values()), by_kind      # every kind of work is found
+    assert all(v > 0 for v in by_phase.values()), by_phase    # forward, backward and the update
+    assert any("attention.py" in o["source"] for o in ops if o["kind"] == "attention")
+    traces = list((tmp_path / next(tmp_path.iterdir()).name).glob("trace-tiny-ar/**/*.trace.json.gz"))
+    assert traces  # the file Perfetto / TensorBoard open
+
+
+def test_profile_that_cannot_run_is_one_warning_and_the_row_stays(tmp_path, monkeypatch, capsys):
+    import jax
+
+    def broken(*a, **k):
+        raise RuntimeError("no profiler here")
+
+    monkeypatch.setattr(jax.profiler, "start_trace", broken)
+    out = _profile_cli(tmp_path)
+    row = out["train"][0]
+    assert "profile" not in row and row["tokens_per_s"] > 0
+    warn = [ln for ln in capsys.readouterr().err.splitlines() if "warning: --profile" in ln]
+    assert len(warn) == 1 and "no profiler here" in warn[0]
+
+
+def test_profile_with_an_unknown_model_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--models", "nope", "--profile", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: model=nope") and "\n" not in err
+    assert not any(tmp_path.iterdir())

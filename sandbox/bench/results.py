@@ -61,6 +61,12 @@ class Results:
         if self.meta:
             self._append({"kind": "meta", **self.meta})
 
+    def ensure_dir(self) -> Path:
+        """The folder, created now (for files a row refers to, written before the row)."""
+        if not self._created:
+            self._create()
+        return self.dir
+
     def _append(self, row: dict):
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")

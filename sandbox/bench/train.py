@@ -11,6 +11,7 @@ restore of the train state instead of steps (``sandbox.bench.checkpoint``).
 Every flag and every point's config is checked (an abstract build by the recipe: no
 arrays) before anything is measured or written, so a bad one is one line, exit 2, and
 no results folder. Without ``--mesh`` the step is timed on the config's mesh (``single``).
+``--profile`` adds a per-operation profile of each point's step (``sandbox.bench.profile``).
 ``--cpu-devices 8`` fakes 8 CPU devices (``sandbox.core.mesh.fake_cpu_devices``; they
 share the machine's cores, so on a CPU this measures the overhead of sharding, not a
 speed-up).
@@ -79,6 +80,9 @@ def add_arguments(p) -> None:
                    help="with several --mesh: also time them round-robin for this many rounds (5; 0: no)")
     p.add_argument("--cpu-devices", type=int, default=None,
                    help="fake this many CPU devices (they share the cores; before any device is used)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile each point's step: per-operation table (phase x kind) and a "
+                        "Perfetto/TensorBoard trace in the results folder")
     p.add_argument("--checkpoint", action="store_true",
                    help="time checkpoint save and restore of each model's train state instead of steps")
     p.add_argument("--ckpt-repeats", type=int, default=3, help="save/restore pairs per model (3)")
@@ -165,8 +169,11 @@ def run(args) -> dict:
         log(f"train {m}/{o}" + (f" attention={a}" if a else "") + (f" mesh={me}" if me else "")
             + f" batch {args.batch} seq {args.seq} ...")
         row = bench_train(m, o, args.batch, args.seq, args.steps, a, overrides=args.override,
-                          warmup=args.warmup, max_seconds=max_s, peak_n=peak_n, mesh=me)
+                          warmup=args.warmup, max_seconds=max_s, peak_n=peak_n, mesh=me,
+                          profile_dir=res.ensure_dir() if args.profile else None)
         train_rows.append(res.add(row))
+        if row.get("profile"):
+            log(f"  profile: {row['profile']} (trace: {row['profile_trace']})")
         log(f"  {row['step_ms']:,.1f} ms/step, {row['tokens_per_s']:,.0f} tokens/s, MFU {row['mfu']:.1%} "
             f"of {row['peak_gflops']:,.1f} GFLOP/s (compile {row['compile_s']:.1f} s, "
             f"{row['timed_steps']} timed steps, load {row['load_after']})")

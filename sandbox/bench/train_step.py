@@ -32,13 +32,16 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sandbox.bench.peak import check_gflops, matmul_timer
+from sandbox.bench.profile import profile_step
 from sandbox.bench.results import loadavg
 from sandbox.core.build import Built, build, compose
 from sandbox.core.errors import UserError
@@ -120,8 +123,13 @@ def _trainer_step(b: Built):
 def bench_train(model_name: str, objective_name: str, batch_size: int = 32, seq_len: int = 256,
                 steps: int = 10, attention: str | None = None, *, overrides=(), warmup: int = 1,
                 max_seconds: float | None = None, min_steps: int = 3, peak_gflops: float | None = None,
-                peak_n: int = 2048, peak_repeats: int = 2, seed: int = 0, mesh: str | None = None) -> dict:
+                peak_n: int = 2048, peak_repeats: int = 2, seed: int = 0, mesh: str | None = None,
+                profile_dir=None, profile_steps: int = 3) -> dict:
     """Time the trainer's train step for one model/objective at ``[batch_size, seq_len]``.
+
+    ``profile_dir``: after timing, run ``profile_steps`` more steps under the profiler and
+    write the per-operation table and trace there (``sandbox.bench.profile``); a profiler
+    that cannot run is one warning line and the row is kept.
 
     ``mesh`` (``single``, ``dp``, ``fsdp``; None: the config's, ``single`` by default): the
     layout the state is placed on and the batches split over.
@@ -189,6 +197,17 @@ def bench_train(model_name: str, objective_name: str, batch_size: int = 32, seq_
     row["step_ms_samples"] = [round(1e3 * t, 2) for t in times]
     row.update(loss=loss, warmup_steps=warmup, load_before=load0, load_after=loadavg(),
                backend=dev["backend"], device=dev["device"])
+    if profile_dir is not None:
+        parts = [model_label, objective.name, *([impl] if attention else []), *([mesh] if mesh else [])]
+        name = "-".join(parts)
+        try:
+            prof = profile_step(step, state, inputs[warmup:] or inputs, profile_dir, name, profile_steps)
+            row.update(profile=str(Path(profile_dir) / f"profile-{name}.md"), profile_trace=prof["trace"],
+                       profile_step_ms=prof["step_ms"])
+        except Exception as e:  # the profiler is a diagnostic: the timing row stands without it
+            print(f"warning: --profile {name}: the profiler could not run ({type(e).__name__}: "
+                  f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); row kept without it",
+                  file=sys.stderr)
     return row
 
 

@@ -121,7 +121,11 @@ def _dense(q, k, v, mask):
     s = jnp.einsum("bkmd,bksd->bkms", q, k, preferred_element_type=jnp.float32)
     if mask is not None:
         s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
-    return jnp.einsum("bkms,bksd->bkmd", _softmax(s).astype(v.dtype), v)
+    # softmax(s) v = (e v) / sum(e), e = exp(s - max): normalising the [M, Dv] output instead
+    # of the [M, S] probabilities saves a pass over the scores (forward and backward)
+    e = jnp.exp(s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))
+    o = jnp.einsum("bkms,bksd->bkmd", e.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return (o / jnp.sum(e, axis=-1, keepdims=True)).astype(v.dtype)
 
 
 def _chunked(q, k, v, mask_kind: str, chunk: int, window: int = 0):

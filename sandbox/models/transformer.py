@@ -82,8 +82,6 @@ def param(rngs: nnx.Rngs, shape, axes, std: float) -> nnx.Param:
     return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32), logical_axes=axes)
 
 
-
-
 def zeros_param(shape, axes) -> nnx.Param:
     return nnx.Param(jnp.zeros(shape, jnp.float32), logical_axes=axes)
 
