@@ -14,6 +14,8 @@ written by ``sandbox.core.runfiles``; this module only orders those pieces.
   Several processes share one run folder: process 0 writes metrics and run files, every
   process takes part in checkpoints, and a stop signal seen by any process stops all of
   them at the same step (``sandbox.core.preempt``).
+- ``train.init_from=RUN_DIR`` starts from another run's weights (same tokenizer and shapes,
+  checked; the optimizer starts fresh; the source is recorded in the meta line).
 - ``metrics.jsonl`` is the record of the run; ``logger=tensorboard|wandb|mlflow`` mirrors
   the same records to a tracking tool.
 - Everything that can be wrong with the inputs is checked before the run folder is
@@ -41,7 +43,7 @@ from sandbox.core.loggers import build_logger
 from sandbox.core.mesh import init_distributed, is_main_process
 from sandbox.core.preempt import Stop
 from sandbox.core.runfiles import MetricsLog, read_metrics, write_run_files
-from sandbox.core.runs import check_same_run
+from sandbox.core.runs import check_same_run, warm_start
 from sandbox.core.step import evaluate, make_eval_fn, make_train_step
 
 
@@ -85,6 +87,7 @@ def _setup(cfg, run_dir: Path) -> tuple[Built, dict]:
     if b.batches.conditional and not b.objective.conditional:
         raise UserError(f"objective={b.objective.name} does not train on conditional data "
                         f"({b.data.manifest.get('corpus')}); pick an objective that does")
+    b.warm = warm_start(cfg, b)  # train.init_from: another run's weights (None: the seed's)
     state = b.init_state()
     main = is_main_process()
     if main and b.layout.name != "single":
@@ -106,6 +109,7 @@ def _meta(cfg, b: Built, tpb_val: float) -> dict:
             "val_sequences_per_eval": int(t.eval_batches) * int(t.eval_batch_size),
             "true_bpb": b.data.manifest.get("true_bpb"),
             "unique_tokens": getattr(b.batches, "unique_tokens", None),
+            **({"init_from": b.warm} if b.warm else {}),
             **({"conditional": b.batches.describe()} if b.batches.conditional else {})}
 
 

@@ -159,6 +159,7 @@ class Built:
     seq_len: int
     batch_size: int
     batches: object = None  # the trainer's batch source (``build_batches``), set by the trainer
+    warm: dict | None = None  # where the initial weights came from (train.init_from), set by the trainer
 
     def init_state(self):
         """The train state placed on the layout (parameters sharded by their logical axes)."""

@@ -29,11 +29,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sandbox.core.build import build
-from sandbox.core.checkpoint import restore_run
+from sandbox.core.checkpoint import check_compatible, describe_state, restore_run
 from sandbox.core.cli import CONF_DIR
 from sandbox.core.errors import UserError
 
@@ -115,6 +116,34 @@ def load_run(run_dir, weights: str = "ema") -> LoadedRun:
     return LoadedRun(dir=path, cfg=cfg, data=b.data, tokenizer=b.tokenizer,
                      model=nnx.merge(b.graphdef, chosen), graphdef=b.graphdef, params=chosen,
                      objective=b.objective, step=int(step), weights=weights)
+
+
+# --- warm start -------------------------------------------------------------------------------
+def warm_start(cfg, b) -> dict | None:
+    """``train.init_from=RUN_DIR``: replace the seed's initial weights of ``b`` (a ``Built``) by
+    another run's (``train.init_weights``: its EMA weights, default, or raw ones), refusing in
+    one line a source whose tokenizer or parameter shapes differ. The optimizer starts fresh.
+    Returns what the meta line records ({"run", "step", "weights"}), or None without a source."""
+    source = cfg.train.get("init_from")
+    if source is None or str(source) == "":
+        return None
+    weights = str(cfg.train.get("init_weights", "ema"))
+    if weights not in WEIGHTS:
+        raise UserError(f"train.init_weights={weights!r}: choose ema or raw")
+    src = Path(str(source))
+    if not src.is_dir():
+        raise UserError(f"train.init_from={source}: no such run folder; pass a folder written by "
+                        "python -m sandbox.train")
+    run = load_run(src, weights=weights)
+    mine, theirs = b.tokenizer.describe(), run.tokenizer.describe()
+    keys = ("name", "vocab_size", "fingerprint")
+    if any(mine.get(k) != theirs.get(k) for k in keys):
+        raise UserError(f"train.init_from={source}: its tokenizer ({theirs.get('name')}, vocabulary "
+                        f"{theirs.get('vocab_size')}) is not this run's ({mine.get('name')}, "
+                        f"{mine.get('vocab_size')}); warm-start from a run with the same tokenizer")
+    check_compatible(describe_state(run.params), describe_state(b.params), f"train.init_from={source}")
+    b.params = jax.tree.map(lambda x: x, run.params)
+    return {"run": str(src), "step": run.step, "weights": weights}
 
 
 # --- configs written by earlier versions ----------------------------------------------------
