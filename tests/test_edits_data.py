@@ -38,6 +38,7 @@ from sandbox.tasks.edits import (
 )
 from sandbox.tasks.edits import rename as rename_mod
 from sandbox.tasks.edits.extract import Function, stdlib_files
+from sandbox.tasks.edits.formats import apply_search_replace, search_replace
 from sandbox.tasks.edits.kinds import check_kinds
 from sandbox.tasks.edits.names import is_reserved
 from sandbox.tasks.edits.scopes import rename_candidates
@@ -148,6 +149,7 @@ def test_every_generated_edit_passes_its_verifier(kind, sample):
         assert verify(f.source, edit.after, edit), (f.id, edit.instruction)
         assert compiles(edit.after)
         assert apply_udiff(f.source, udiff(f.source, edit.after)) == edit.after
+        assert apply_search_replace(f.source, search_replace(f.source, edit.after)) == edit.after
         assert n_changed_tokens(f.source, edit.after) >= 1
         assert not re.search(r"\bline \d", edit.instruction)  # content-addressed, no line numbers
         if kind.startswith("compose"):
@@ -414,6 +416,26 @@ def test_literal_and_swap_op_are_unambiguous():
 # ----------------------------------------------------------------------------- udiff
 
 
+def test_search_replace_round_trips_and_applies_strictly():
+    before = "def f(a):\n    x = 1\n    y = 2\n    z = 3\n    w = 4\n    v = 5\n    return x\n"
+    after = before.replace("x = 1", "x = 10").replace("return x", "return x + 1")
+    text = search_replace(before, after)
+    assert "@@" not in text and text.count("<<<<<<< SEARCH") == 2 and "    y = 2" not in text
+    assert apply_search_replace(before, text) == after
+    assert search_replace(before, before) == "" and apply_search_replace(before, "") == before
+    # an insertion and a deletion, and a line that occurs twice (grown by context until unique)
+    dup = "def g():\n    pass\n    x = 1\n    pass\n    return x\n"
+    for new in (dup.replace("    x = 1\n", "    x = 1\n    y = 2\n"), dup.replace("    x = 1\n", ""),
+                dup.replace("    return x\n", "    pass\n    return x\n"), "def g():\n    return 0\n"):
+        assert apply_search_replace(dup, search_replace(dup, new)) == new
+    # a failed apply, never an exception
+    assert apply_search_replace(before, text.replace("    x = 1\n=", "    x = 7\n=")) is None  # not found
+    assert apply_search_replace(dup, "<<<<<<< SEARCH\n    pass\n=======\n>>>>>>> REPLACE") is None  # twice
+    assert apply_search_replace(before, text.replace(">>>>>>> REPLACE", "")) is None  # truncated
+    assert apply_search_replace(before, "garbage") is None and apply_search_replace(before, None) is None
+    assert apply_search_replace(before, "<<<<<<< SEARCH\n=======\nx\n>>>>>>> REPLACE") is None  # no anchor
+
+
 def test_udiff_applies_strictly():
     before = "def f(a):\n    x = 1\n    y = 2\n    z = 3\n    w = 4\n    v = 5\n    return x\n"
     after = before.replace("x = 1", "x = 10").replace("return x", "return x + 1")
@@ -572,3 +594,51 @@ def test_functions_from_source_names_methods():
                                                             ("A.n", "pkg.mod", "pkg")]
     assert got[0].source == "def m(self):\n    return 1\n"
     assert ast.parse(got[1].source)
+
+
+def test_inserted_statements_read_only_names_bound_above_them(sample):
+    """An inserted statement never reads a local before the function binds it (``print(match)``
+    above ``match = ...`` would fail at run time): every local it reads is a parameter or is
+    assigned on an earlier line."""
+    checked = 0
+    for i, f in enumerate(sample):
+        for seed in range(4):
+            edit = generate("insert_stmt", f.source, random.Random(1000 * i + seed), "heldout")
+            if edit is None:
+                continue
+            tree = ast.parse(f.source)
+            fn = tree.body[0]
+            params = {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)}
+            first_store = {}
+            for n in ast.walk(fn):
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                    first_store[n.id] = min(first_store.get(n.id, 10**9), n.lineno)
+            after_lines, before_lines = edit.after.split("\n"), f.source.split("\n")
+            at = next(k for k, (a, b) in enumerate(zip(after_lines, before_lines + [None])) if a != b)
+            for n in ast.walk(ast.parse(textwrap.dedent(edit.params["stmt"]))):
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in first_store:
+                    assert n.id in params or first_store[n.id] <= at, (f.id, edit.instruction, n.id)
+            checked += 1
+    assert checked >= 40
+
+
+def test_add_param_spares_properties_and_keeps_protocol_dunders_callable():
+    def add_param(src, rng, names):
+        return generate("add_param", src, rng, names)
+
+    prop = fn("""
+        @property
+        def size(self):
+            return self._size
+    """)
+    assert all(add_param(prop, random.Random(s), "heldout") is None for s in range(20))
+    lt = fn("""
+        def __lt__(self, other):
+            return self.key < other.key
+    """)
+    for s in range(20):
+        edit = add_param(lt, random.Random(s), "heldout")
+        assert edit is not None and edit.params["default"] is not None, edit  # never a new required one
+        f = ast.parse(edit.after).body[0]
+        assert len(f.args.args) - len(f.args.defaults) == 2 and not any(
+            d is None for d in f.args.kw_defaults)

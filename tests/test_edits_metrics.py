@@ -42,10 +42,20 @@ def test_udiff_outputs_are_applied_first():
     assert s["applies"] == 0.0 and s["exact"] == 0.0 and s["line_precision"] is None
 
 
+def test_search_replace_outputs_are_applied_first():
+    from sandbox.tasks.edits.formats import search_replace
+
+    s = score(BEFORE, GOLD, search_replace(BEFORE, GOLD), fmt="search_replace")
+    assert s["exact"] == 1.0 and s["applies"] == 1.0
+    missing = "<<<<<<< SEARCH\nnothing here\n=======\nx\n>>>>>>> REPLACE"
+    s = score(BEFORE, GOLD, missing, fmt="search_replace")  # old lines not found: a failed apply
+    assert s["applies"] == 0.0 and s["exact"] == 0.0 and s["line_precision"] is None
+
+
 def test_no_output_fails_every_metric():
     """An item the model could not take (it did not fit) has no output: a failure in every
     metric, and no apply figure for the whole-function format."""
-    for fmt, applies in (("whole", None), ("udiff", 0.0)):
+    for fmt, applies in (("whole", None), ("udiff", 0.0), ("search_replace", 0.0)):
         assert score(BEFORE, GOLD, None, fmt) == {"exact": 0.0, "ast": 0.0, "parses": 0.0, "applies": applies,
                                                   "no_op": 0.0, "line_precision": None, "line_recall": 0.0}
 
@@ -71,6 +81,8 @@ def test_aggregate_by_kind_and_bin():
 def test_baselines():
     it = SimpleNamespace(before=BEFORE, after=GOLD)
     assert score(BEFORE, GOLD, baseline(it, "oracle", "udiff"), "udiff")["exact"] == 1.0
+    assert score(BEFORE, GOLD, baseline(it, "oracle", "search_replace"), "search_replace")["exact"] == 1.0
+    assert score(BEFORE, GOLD, baseline(it, "copy", "search_replace"), "search_replace")["no_op"] == 1.0
     assert score(BEFORE, GOLD, baseline(it, "copy"))["no_op"] == 1.0
     with pytest.raises(ValueError):
         baseline(it, "best")

@@ -92,6 +92,21 @@ def test_udiff_format_targets_the_hunks(sandbox_cache):
         EditsTask(source=SOURCE, format="diff").batch_source(ByteTokenizer(), sandbox_cache)
 
 
+def test_search_replace_format_targets_the_changed_lines(sandbox_cache):
+    from sandbox.tasks.edits.formats import apply_search_replace
+
+    task = EditsTask(source=SOURCE, format="search_replace", tiers=("micro",), prompt_len=400, target_len=300)
+    s = task.batch_source(ByteTokenizer(), sandbox_cache, progress=False)
+    items = s.data.items("val", tiers="micro")
+    for item in items[:20]:
+        e = s.encode(item)
+        if e.tokens is None:
+            continue
+        target = s.decode_target(e.tokens[s.prompt_len:])
+        assert target == target_text(item, "search_replace") and "<<<<<<< SEARCH" in target
+        assert apply_search_replace(item.before, target) == item.after
+
+
 # --------------------------------------------------------------------------- conditional objectives
 def _model(vocab=260, seed=0):
     return Transformer(vocab_size=vocab, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, max_len=64,

@@ -1,6 +1,6 @@
 """Timing the trainer's own train step: one matrix point, and several meshes round-robin.
 
-Protocol (DESIGN.md, "Speed protocol"):
+Protocol (docs/design.md, "Training loop" and "CPU performance"):
 - **The step is the trainer's.** Each point is composed and built by the one build recipe
   (``sandbox.core.build``: ``compose`` + ``build``) with ``model=``, ``objective=``,
   ``train.batch_size`` and ``train.seq_len`` set as overrides, so the recipe's checks

@@ -72,7 +72,7 @@ from sandbox.tasks.edits.splits import SPLITS, assign_splits, filter_near_duplic
 from sandbox.tasks.edits.udiff import udiff
 
 #: bump when generated edits, instructions or the item format change
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: no reads before a binding, no required params on protocol dunders / properties
 FROZEN_SPLITS = ("val", "test")
 _ATTEMPTS = 200  # functions tried per training item before giving up
 _CODE = StdlibCode()  # its default split fractions, to say whether held-out modules agree

@@ -3,9 +3,9 @@
 A prediction is the model's output in one target format, turned into the edited function:
 
 - ``whole``: the output is the edited function itself;
-- ``udiff``: the output is unified-diff hunks relative to the function, applied strictly
-  with :func:`apply_udiff` (a patch that does not apply leaves no function: every
-  function-level metric counts it as wrong).
+- ``udiff`` / ``search_replace``: the output is an edit of the function, applied strictly
+  (``sandbox.tasks.edits.formats.apply``: a patch that does not apply leaves no function,
+  and every function-level metric counts it as wrong).
 
 Per item (``score``):
 
@@ -13,7 +13,7 @@ Per item (``score``):
   the primary metric.
 - ``ast``: both parse and their ``ast.dump`` agree (formatting and comments ignored).
 - ``parses``: the predicted function parses.
-- ``applies``: the patch applied (``udiff`` only; ``None`` for ``whole``).
+- ``applies``: the patch applied (``udiff`` and ``search_replace``; ``None`` for ``whole``).
 - ``no_op``: the predicted function equals the input (nothing was edited).
 - changed lines: the ``-``/``+`` lines of a line diff from the input, as multisets, for
   the prediction and for the gold edit; ``line_precision`` = shared / predicted (``None``
@@ -30,10 +30,9 @@ import ast
 import difflib
 from collections import Counter, defaultdict
 
+from sandbox.tasks.edits.formats import apply, render
 from sandbox.tasks.edits.source import DIFF_BINS, diff_size_bin
-from sandbox.tasks.edits.udiff import apply_udiff, udiff
 
-FORMATS = ("whole", "udiff")
 METRICS = ("exact", "ast", "parses", "applies", "no_op", "line_precision", "line_recall")
 
 
@@ -62,13 +61,9 @@ def changed_lines(before: str, after: str) -> Counter:
 
 
 def to_function(before: str, output: str, fmt: str) -> tuple[str | None, bool | None]:
-    """(edited function or None, patch applied or None) for a model output in ``fmt``."""
-    if fmt == "whole":
-        return output, None
-    if fmt == "udiff":
-        out = apply_udiff(before, output)
-        return out, out is not None
-    raise ValueError(f"unknown edit format '{fmt}' (choose one of {', '.join(FORMATS)})")
+    """(edited function or None, patch applied or None) for a model output in ``fmt``
+    (``sandbox.tasks.edits.formats``)."""
+    return apply(before, output, fmt)
 
 
 def score(before: str, gold: str, output: str | None, fmt: str = "whole") -> dict:
@@ -101,7 +96,7 @@ def baseline(item, kind: str, fmt: str = "whole") -> str:
     target = item.before if kind == "copy" else item.after
     if kind not in ("copy", "oracle"):
         raise ValueError(f"unknown baseline '{kind}' (choose copy or oracle)")
-    return target if fmt == "whole" else udiff(item.before, target)
+    return render(item.before, target, fmt)
 
 
 def _mean(rows: list[dict]) -> dict:

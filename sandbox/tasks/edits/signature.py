@@ -142,21 +142,46 @@ def _instruction(kind: str, where: str, anchor: str | None, text: str) -> str:
     return f"{head} `{text}` {where} `{anchor}`"
 
 
+def _is_property(fn) -> bool:
+    """Decorated ``@property`` / ``@functools.cached_property`` / ``@x.setter`` and the like."""
+    for d in fn.decorator_list:
+        name = d.attr if isinstance(d, ast.Attribute) else d.id if isinstance(d, ast.Name) else ""
+        if name.endswith("property") or name in ("setter", "getter", "deleter"):
+            return True
+    return False
+
+
+def _is_protocol_dunder(fn) -> bool:
+    """``__lt__``, ``__len__``, ...: called by the interpreter with a fixed number of arguments,
+    so a new *required* parameter breaks every use (``__init__`` / ``__new__`` are called with the
+    caller's arguments, like any function)."""
+    n = fn.name
+    return n.startswith("__") and n.endswith("__") and n not in ("__init__", "__new__")
+
+
 def generate(src: str, rng: random.Random, names: NamePool = TRAIN) -> Edit | None:
     parsed = parse_function(src)
     if parsed is None:
         return None
     tree, fn = parsed
+    if _is_property(fn):
+        return None  # a property is read as an attribute: no call could pass a new parameter
     toks = tokens(src)
     try:
         options = _options(src, fn, toks, rng)
     except (ValueError, StopIteration):
         return None
+    dunder = _is_protocol_dunder(fn)
+    if dunder:  # Python calls it with a fixed arity: only a parameter with a default will do
+        options = [o for o in options if o["default"] != "none"]  # "none": no default possible there
+        if not options:
+            return None
     name = names.fresh(rng, identifiers(tree, toks))
     if name is None:
         return None
     opt = rng.choice(options)
-    want_default = opt["default"] == "required" or (opt["default"] == "optional" and rng.random() < 0.5)
+    optional = opt["default"] == "optional" and (dunder or rng.random() < 0.5)
+    want_default = opt["default"] == "required" or optional
     default = rng.choice(DEFAULTS) if want_default else None
     text = name if default is None else f"{name}={default}"
     offset, template = opt["at"]

@@ -166,17 +166,46 @@ def verify_delete(before: str, after: str, edit: Edit) -> bool:
 # ----------------------------------------------------------------------------- insert
 
 
-def _usable_names(fn) -> list[str]:
-    return sorted(rename_candidates(fn))
+def _bound_before(fn, line: int) -> set[str]:
+    """Names surely bound when a statement inserted at 1-based ``line`` runs: the parameters,
+    names assigned by a top-level statement of the body that ends before it, and the targets of
+    the ``for`` / ``with`` / ``except`` blocks that enclose it. (A name assigned only later, or
+    in a branch that may not run, would be read before it is bound.)"""
+    a = fn.args
+    out = {x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs, *([a.vararg] if a.vararg else []),
+                           *([a.kwarg] if a.kwarg else [])]}
+
+    def stores(node) -> set[str]:
+        return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+
+    for st in fn.body:
+        if st.end_lineno < line and not _has_body(st):  # a simple statement that has run
+            out |= stores(st)
+    for node in ast.walk(fn):
+        if node is fn or not (getattr(node, "lineno", 0) < line <= getattr(node, "end_lineno", 0)):
+            continue
+        if isinstance(node, ast.For | ast.AsyncFor):
+            out |= stores(node.target)
+        elif isinstance(node, ast.With | ast.AsyncWith):
+            out |= {n for item in node.items if item.optional_vars is not None
+                    for n in stores(item.optional_vars)}
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            out.add(node.name)
+    return out
 
 
-def _new_statement(fn, tree, src: str, rng: random.Random, names: NamePool) -> list[str] | None:
-    """Lines of a new statement (nested lines indented by 4; re-indented on insertion)."""
+def _usable_names(fn, line: int) -> list[str]:
+    return sorted(set(rename_candidates(fn)) & _bound_before(fn, line))
+
+
+def _new_statement(fn, tree, src: str, rng: random.Random, names: NamePool, line: int) -> list[str] | None:
+    """Lines of a new statement to insert at 1-based ``line`` (nested lines indented by 4;
+    re-indented on insertion); it reads only names bound there."""
     taken = identifiers(tree, tokens(src))
     new = names.fresh(rng, taken)
     if new is None:
         return None
-    usable = _usable_names(fn)
+    usable = _usable_names(fn, line)
     if not usable:
         return [rng.choice(_NO_VAR_TEMPLATES).format(new=new)]
     v = rng.choice(usable)
@@ -257,10 +286,10 @@ def generate_insert(src: str, rng: random.Random, names: NamePool = TRAIN) -> Ed
         place = _insertion(fn, st, src, where, anchor)
         if place is None:
             continue
-        stmt = _new_statement(fn, tree, src, rng, names)
+        index, indent = place
+        stmt = _new_statement(fn, tree, src, rng, names, index + 1)
         if stmt is None:
             return None
-        index, indent = place
         lines = src.split("\n")
         after = "\n".join(lines[:index] + _render(stmt, indent, unit) + lines[index:])
         if not compiles(after):

@@ -23,8 +23,9 @@ Layout of one sequence, ``L = prompt_len + target_len`` tokens::
   predicts EOS at every position after the target, so the canvas positions after the target
   are scored for both objectives (AR learns the trivial EOS -> EOS continuation; samplers
   with ``stop_at_eos`` stop at the first EOS).
-* **Target formats** (:data:`FORMATS`): ``whole`` (the edited function) and ``udiff`` (unified
-  diff hunks relative to the function, ``sandbox.tasks.edits.udiff``). Diffusion's
+* **Target formats** (``sandbox.tasks.edits.formats``): ``whole`` (the edited function),
+  ``udiff`` (unified diff hunks relative to the function) and ``search_replace`` (old lines
+  and their replacement, no line numbers: output that grows with the diff). Diffusion's
   ``inplace`` evaluation reads a ``whole`` run (``sandbox.tasks.edits.evaluate``).
 * **Items that do not fit** (prompt longer than ``prompt_len`` - 1 or target longer than
   ``target_len`` - 1 tokens) are skipped in training (the next index of the stream is
@@ -51,18 +52,16 @@ import numpy as np
 from sandbox.core.errors import UserError
 from sandbox.tasks.edits.dataset import EditItem, EditsData, StdlibEdits
 from sandbox.tasks.edits.extract import check_tiers
+from sandbox.tasks.edits.formats import FORMATS, render
 from sandbox.tasks.edits.kinds import SINGLE_KINDS, check_kinds
 
-FORMATS = ("whole", "udiff")
 _TRIES = 16  # stream indices tried per batch row before an item fits
 
 
 def target_text(item: EditItem, fmt: str) -> str:
-    if fmt == "whole":
-        return item.after
-    if fmt == "udiff":
-        return item.udiff
-    raise UserError(f"data.format: unknown value '{fmt}' (choose one of {', '.join(FORMATS)})")
+    if fmt not in FORMATS:
+        raise UserError(f"data.format: unknown value '{fmt}' (choose one of {', '.join(FORMATS)})")
+    return item.udiff if fmt == "udiff" else render(item.before, item.after, fmt)
 
 
 def prompt_text(item: EditItem) -> str:
