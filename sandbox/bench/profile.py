@@ -64,9 +64,8 @@ def _tables(text: str) -> tuple[dict, dict, dict, dict]:
         if current is None:
             continue
         m = re.match(r"^(\d+) (.*)$", s)
-        if not m:
-            if s.startswith(("HloModule", "%", "ENTRY", "ROOT")) or not s:
-                current = None if s else current
+        if m is None:  # a section ends at its first line that is not "<id> <value>"
+            current = None
             continue
         current[int(m.group(1))] = m.group(2)
     files = {k: v.strip('"') for k, v in sections["FileNames"].items()}
@@ -136,7 +135,8 @@ def kind_of(info: dict) -> str:
     prim = info["op_name"].rsplit("/", 1)[-1]
     if info["opcode"] == "dot" or prim == "dot_general" or (info["custom"] and "dot" in prim):
         return "matmul"
-    if prim in ("log_softmax", "logsumexp", "reduce_max") and "objectives" in json.dumps(info["stack"]):
+    in_objective = any("/objectives/" in f for f, _, _ in info["stack"])
+    if prim in ("log_softmax", "logsumexp", "reduce_max") and in_objective:
         return "softmax/xent"
     if info["opcode"] in _LAYOUT_OPS or prim in _LAYOUT_PRIMS:
         return "layout"

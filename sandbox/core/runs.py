@@ -29,7 +29,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import jax
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -142,7 +141,7 @@ def warm_start(cfg, b) -> dict | None:
                         f"{theirs.get('vocab_size')}) is not this run's ({mine.get('name')}, "
                         f"{mine.get('vocab_size')}); warm-start from a run with the same tokenizer")
     check_compatible(describe_state(run.params), describe_state(b.params), f"train.init_from={source}")
-    b.params = jax.tree.map(lambda x: x, run.params)
+    b.params = run.params
     return {"run": str(src), "step": run.step, "weights": weights}
 
 
