@@ -30,6 +30,7 @@ from analysis.load import find_bench_gen, find_runs
 from analysis.sections import (
     bpb,
     curves,
+    edit_curves,
     edits,
     headline,
     learning,
@@ -41,7 +42,8 @@ from analysis.sections import (
 )
 
 SECTIONS = (headline.section, bpb.section, learning.section, curves.section, scaling.section,
-            repetition.section, quality.section, speed.section, edits.section, runs.section)
+            repetition.section, quality.section, speed.section, edits.section,
+            edit_curves.section, runs.section)
 
 
 def build_report(runs_glob: str | list[str], out: str | Path, title: str = "Report") -> Path:

@@ -35,13 +35,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from sandbox.core.build import Built, build, build_batches
+from sandbox.core.build import Built, build, build_batches, check_fields
 from sandbox.core.checkpoint import Checkpointer, describe_state, restore_run
 from sandbox.core.cli import check_launcher, hydra_entry, require_int
-from sandbox.core.errors import UserError, exit_on_user_error
+from sandbox.core.errors import exit_on_user_error
 from sandbox.core.loggers import build_logger
 from sandbox.core.mesh import init_distributed, is_main_process
 from sandbox.core.preempt import Stop
+from sandbox.core.prefetch import Prefetch
 from sandbox.core.runfiles import MetricsLog, read_metrics, write_run_files
 from sandbox.core.runs import check_same_run, warm_start
 from sandbox.core.step import evaluate, make_eval_fn, make_train_step
@@ -84,9 +85,9 @@ def _setup(cfg, run_dir: Path) -> tuple[Built, dict]:
         require_int(t, f, f"train.{f}", minimum=1)
     b = build(cfg, progress=bool(t.progress))
     b.batches = build_batches(cfg, b.data, b.seq_len)
-    if b.batches.conditional and not b.objective.conditional:
-        raise UserError(f"objective={b.objective.name} does not train on conditional data "
-                        f"({b.data.manifest.get('corpus')}); pick an objective that does")
+    fmt = getattr(b.batches, "format", None)
+    data_name = str(b.data.manifest.get("corpus")) + (f" format={fmt}" if fmt else "")
+    check_fields(b.objective, b.batches, data_name)
     b.warm = warm_start(cfg, b)  # train.init_from: another run's weights (None: the seed's)
     state = b.init_state()
     main = is_main_process()
@@ -124,6 +125,8 @@ def _loop(cfg, run_dir: Path, b: Built, state, logger) -> dict:
     ckpt = Checkpointer(run_dir / "checkpoints", owner=True)
     train_step = make_train_step(b.graphdef, objective, b.tx, float(t.ema_decay), layout, state)
     eval_fn = make_eval_fn(b.graphdef, objective, int(t.eval_draws), layout)
+    hook = getattr(batches, "make_eval_extra", None)  # a batch source's own metrics (docs/extending.md)
+    eval_extra = hook(graphdef=b.graphdef, objective=objective, layout=layout) if hook else None
     base_key = jax.random.PRNGKey(seed)
     eval_key = jax.random.fold_in(jax.random.PRNGKey(seed), 10**9)  # same masks every eval
     eval_size = dict(batch_size=int(t.eval_batch_size), max_batches=int(t.eval_batches))
@@ -137,6 +140,8 @@ def _loop(cfg, run_dir: Path, b: Built, state, logger) -> dict:
                      exact=objective.exact, layout=layout)
         rec = {"kind": "eval", "step": step, **r, "tokens": step * tokens_per_step,
                "flops": step * tokens_per_step * fpt, "weights": "ema"}
+        if eval_extra is not None:
+            rec.update(eval_extra(state["ema"], step=step))
         log.write(rec)
         return rec
 
@@ -148,10 +153,15 @@ def _loop(cfg, run_dir: Path, b: Built, state, logger) -> dict:
     acc, n_acc = 0.0, 0
     t_last, step_last = None, start
     stopped = None
-    with Stop() as stop:
-        for step in range(start + 1, steps + 1):
-            local = batches.train_batch(seed=seed, step=step, batch_size=bs, process_index=slot,
-                                        process_count=slots)
+
+    def make_batch(step):
+        return batches.train_batch(seed=seed, step=step, batch_size=bs, process_index=slot,
+                                   process_count=slots)
+
+    # the next batches are built on a thread while the step runs (sandbox/core/prefetch.py)
+    depth = require_int(t, "prefetch", "train.prefetch", minimum=0) if "prefetch" in t else 2
+    with Stop() as stop, Prefetch(make_batch, range(start + 1, steps + 1), depth) as ahead:
+        for step, local in ahead:
             t0 = time.perf_counter()
             batch = jax.tree.map(lambda a: layout.batch(a, (bs, sl)) if rows else layout.full_batch(a), local)
             state, m = train_step(state, batch, layout.replicate(jax.random.fold_in(base_key, step)))

@@ -69,6 +69,7 @@ def test_block_size_equal_to_the_length_is_mdlm():
                                rtol=1e-5)
 
 
+@pytest.mark.slow  # over 30 s on the 2-core CPU: `make test-all`
 def test_block_size_one_is_the_networks_autoregressive_nll():
     """Reference: L separate causal forwards, token i predicted at a MASK in position i from
     the clean prefix x_<i."""

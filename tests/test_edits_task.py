@@ -276,6 +276,7 @@ def test_eval_edits_refuses_a_language_model_run(tmp_path, sandbox_cache):
         edits(_eval_cfg(d))
 
 
+@pytest.mark.slow  # over 30 s on the 2-core CPU: `make test-all`
 @pytest.mark.parametrize("obj", ["ar", "mdlm"])
 def test_a_model_that_memorised_four_edits_reproduces_them_exactly(obj, tmp_path, sandbox_cache, monkeypatch):
     """End to end: train on four fixed edits until memorised, then greedy eval=edits decoding

@@ -109,7 +109,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(uninterrupted, sandbox
             signal.raise_signal(signal.SIGTERM)
         return real_get_batch(*args, step=step, **kw)
 
-    cfg = tiny_cfg(obj, cache=sandbox_cache)
+    cfg = tiny_cfg(obj, "train.prefetch=0", cache=sandbox_cache)  # batch 4 is built at step 4
     d = tmp_path / "b"
     monkeypatch.setattr(batches_mod, "get_batch", get_batch)
     with pytest.raises(SystemExit) as exit_info:

@@ -5,6 +5,12 @@ One table row per (run, output format, sampler setting), the diff-size bins as t
 wrote them, figures of exact match and latency per bin, by function length and by edit kind,
 and each other series' latency over the exact-likelihood series of the same output format
 (the series of a run whose bound is ``exact``; no objective is recognised by its name).
+
+Latency at matched exact match (:func:`analysis.edits.matched_latency`): each diffusion series
+against each exact-likelihood series of any format, on the items both got exactly right, per
+diff-size bin (n, both medians, their ratio), the crossover diff size per pair in a column and
+one sentence, and ``edits_matched_latency.png``. With no item solved by both it is one italic
+line; latency rows without an item ``id`` (older files) are skipped with a note.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.context import Context
-from analysis.edits import diff_bins, load_edits
+from analysis.edits import MIN_MATCHED, crossover, diff_bins, load_edits, matched_latency
 from analysis.formatting import fixed, ms, num, pct
 from analysis.plotting import color_of, plain_log_ticks, plt, save_figure
 from analysis.sections import gap, images
@@ -119,8 +125,8 @@ def latency_ratio(s: pd.DataFrame, lat: pd.DataFrame, bins: list[str]) -> list[s
     lb = _bin_latency(s, lat, bins)
     ref = s[exact]
     rows = ["", "Latency ratio per diff size of each series to the exact-likelihood series of the same "
-            "format (median ms per edit; exact match of both in brackets). Below 1: faster than that "
-            "series. Oracle canvases read the gold answer (upper bound).", "",
+            "format (median ms per edit over all items, right or wrong; exact match of both in brackets). "
+            "Below 1: faster than that series. Oracle canvases read the gold answer (upper bound).", "",
             "| series | exact-likelihood series | " + " | ".join(f"{b} changed" for b in bins) + " |",
             "|---|---|" + "---:|" * len(bins)]
     for _, d in s[other].iterrows():
@@ -136,6 +142,98 @@ def latency_ratio(s: pd.DataFrame, lat: pd.DataFrame, bins: list[str]) -> list[s
             cells.append(f"{dl / al:.2f} ({pct(d.get(f'em_{b}'))} / {pct(a.get(f'em_{b}'))})" if ok else "–")
         rows.append(f"| {d['series']} | {a['series']} | " + " | ".join(cells) + " |")
     return rows if len(rows) > 5 else []
+
+
+def _pair_label(r, side: str) -> str:
+    return r[f"{side}_series"] + (" (oracle)" if r[f"{side}_oracle"] else "")
+
+
+def _matched_cell(r) -> str:
+    if not r["n"]:
+        return "–"
+    few = ", too few" if r["n"] < MIN_MATCHED else ""
+    return f"{fixed(r['ratio'], 2)} ({ms(r['d_latency_s'])} / {ms(r['a_latency_s'])} ms, n={r['n']}{few})"
+
+
+def _crossover_text(c: dict) -> tuple[str, str]:
+    """(table cell, sentence) for :func:`analysis.edits.crossover`'s answer."""
+    if not c["bins"]:
+        return "too few items", f"too few items solved by both to say (under {MIN_MATCHED} in every bin)."
+    few = f"; under {MIN_MATCHED} items in {', '.join(c['few'])}, not counted" if c["few"] else ""
+    counted = f" (bins counted: {', '.join(c['bins'])}{few})."
+    if c["bin"] is None:
+        return "never in these bins", "not faster in the largest bin counted: never in these bins" + counted
+    return f"from {c['bin']}", f"faster from {c['bin']} changed tokens up" + counted
+
+
+def plot_matched(m: pd.DataFrame, bins: list[str], out: Path, colors: dict) -> str:
+    """One panel per pair: median latency per bin on the matched items, diffusion solid, other dashed."""
+    pairs = list(m.groupby(["d_series", "a_series"], sort=False))
+    cols = min(3, len(pairs))
+    rows = -(-len(pairs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False, sharey=True)
+    xs = np.arange(len(bins))
+    for ax, (_, g) in zip(axes.flat, pairs):
+        r = g.iloc[0]
+        for side, ls in (("d", "-"), ("a", "--")):
+            ax.plot(xs, 1e3 * g[f"{side}_latency_s"].astype(float), ls=ls, marker="o",
+                    color=color_of(colors, r[f"{side}_objective"]), label=_pair_label(r, side))
+        for x, (_, b) in zip(xs, g.iterrows()):
+            if b["n"]:
+                ax.annotate(f"n={b['n']}", (x, 1e3 * b["d_latency_s"]), textcoords="offset points",
+                            xytext=(0, 6), fontsize=6, ha="center")
+        ax.set_xticks(xs, bins)
+        ax.set(xlabel="changed tokens", yscale="log")
+        plain_log_ticks(ax, "y")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("median ms per edit (items both got right)")
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.set_visible(False)
+    fig.suptitle("Latency at matched exact match", fontsize=10)
+    return save_figure(fig, out, "edits_matched_latency.png")
+
+
+def matched_table(lat: pd.DataFrame, bins: list[str], out: Path, colors: dict) -> tuple[list[str], list[str]]:
+    """(Markdown lines, figure files): latency of each diffusion series against each
+    exact-likelihood series on the items both got exactly right, per diff-size bin."""
+    bounds = set(lat["bound"].dropna()) if not lat.empty else set()
+    if "exact" not in bounds or not bounds - {"exact"}:
+        return [], []
+    m, skipped = matched_latency(lat, bins)
+    lines = []
+    if skipped:
+        lines += ["", f"_{skipped} latency rows without an item `id` (files written before ids were "
+                      "recorded) are left out of the comparison at matched exact match._"]
+    if m.empty:
+        return lines, []
+    solved = m.groupby(["d_series", "a_series"], sort=False)["n"].transform("sum") > 0
+    if not solved.any():
+        return lines + ["", "_Latency cannot be compared at matched exact match: no test item was solved "
+                            "exactly by both a diffusion and an exact-likelihood series._"], []
+    lines += ["", "Latency at matched exact match: each diffusion series against each exact-likelihood "
+              "series of any format, on the test items both got exactly right (joined on item id). Per "
+              "diff size: ratio of the median ms per edit (diffusion / exact-likelihood, both in brackets) "
+              f"and n, the items both got right. Below 1: diffusion faster. Bins with under {MIN_MATCHED} "
+              "items are marked and not counted for the crossover (the smallest diff size from which "
+              "diffusion is faster in every larger bin). Oracle series read the gold answer (upper bound).",
+              "",
+              "| diffusion series | exact-likelihood series | " + " | ".join(f"{b} changed" for b in bins)
+              + " | diffusion faster |", "|---|---|" + "---:|" * len(bins) + "---|"]
+    sentences = []
+    for _, g in m[solved].groupby(["d_series", "a_series"], sort=False):
+        r = g.iloc[0]
+        cell, sentence = _crossover_text(crossover(g))
+        d, a = _pair_label(r, "d"), _pair_label(r, "a")
+        cells = " | ".join(_matched_cell(b) for _, b in g.iterrows())
+        lines.append(f"| {d} | {a} | {cells} | {cell} |")
+        sentences.append(f"- {d} against {a}: {sentence}")
+    unsolved = m[~solved].drop_duplicates(["d_series", "a_series"])
+    if len(unsolved):
+        sentences.append("- No item solved by both: " + "; ".join(
+            f"{_pair_label(r, 'd')} against {_pair_label(r, 'a')}" for _, r in unsolved.iterrows()) + ".")
+    return lines + [""] + sentences, [plot_matched(m[solved], bins, out, colors)]
 
 
 def section(ctx: Context) -> str:
@@ -161,6 +259,9 @@ def section(ctx: Context) -> str:
                      + " | ".join(pct(r.get(f"em_{b}")) for b in bins)
                      + f" | {ms(r['latency_s'])} | {fixed(num(r['nfe']), 1)} |")
     lines += latency_ratio(s, lat, bins)
+    matched, matched_files = matched_table(lat, bins, ctx.out, ctx.colors)
+    lines += matched
+    files += matched_files
     base = [(r["series"], k, v) for _, r in s.iterrows() for k, v in sorted(r["baselines"].items())
             if isinstance(v, dict)]
     if base:

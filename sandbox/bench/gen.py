@@ -94,6 +94,8 @@ def add_arguments(p) -> None:
     p.add_argument("--bd3lm-blocks", default=None,
                    help="bd3lm block sizes (4,16,64); ancestral inside, block/--length-div steps per block")
     p.add_argument("--prompt-len", type=int, default=None, help="random prompt tokens before the output (0)")
+    p.add_argument("--no-prompt-cache", action="store_true",
+                   help="prompt_attention=self subjects: full forwards instead of the prompt cache")
     p.add_argument("--nocache-tokens", type=int, default=None,
                    help="ar_nocache generates the last N tokens of each length (64; 0 = all)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls after compiling (1)")
@@ -162,6 +164,7 @@ def resolve(args) -> argparse.Namespace:
     o.judge = args.judge
     o.quality = bool(args.quality or args.judge)
     o.seed = args.seed
+    o.prompt_cache = not getattr(args, "no_prompt_cache", False)
     return o
 
 

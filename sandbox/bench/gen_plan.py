@@ -13,7 +13,10 @@
   prompt length. :func:`plan` expands the sweeps into points (identical points from two
   sweeps are timed once; ``sweeps`` lists both), binds each sampler to its subject's
   tokenizer and checks it against the subject (``Sampler.check``), so every setting is
-  refused in one line before anything is measured.
+  refused in one line before anything is measured. Each sampler also takes what its
+  subject's training fixes (``Sampler.for_checkpoint``): a masked-diffusion subject trained,
+  or built with ``-o objective.prompt_attention=self``, decodes with the exact prompt cache
+  (``--no-prompt-cache``: the uncached reference, a full forward per step).
 
 The tables here are about samplers (``FAMILY_OF``: which family each benchmark sampler
 label reads; ``RUN_FLAG``: the flag that gives a family a trained run), not objectives.
@@ -75,6 +78,7 @@ class Subject:
     step: int | None = None
     code: bool = False
     run: object = None
+    trained: object = None   # the bound objective (what the samplers' for_checkpoint reads)
 
     @property
     def mask_kind(self) -> str:
@@ -110,7 +114,7 @@ class Point:
 
     def quality_key(self) -> str:
         """Points that draw from one distribution (batch and the KV cache do not change it)."""
-        s = {k: v for k, v in self.sampler.settings().items() if k != "use_cache"}
+        s = {k: v for k, v in self.sampler.settings().items() if k not in ("use_cache", "prompt_cache")}
         return json.dumps([self.family, s, self.length, self.prompt_len], sort_keys=True, default=str)
 
 
@@ -134,6 +138,8 @@ def describe_settings(kind: str, s) -> str:
         if s.grid != "uniform" and getattr(s, "uses_steps", False):
             out.append(f"grid={s.grid}")
         out += [f"T={s.temperature:g}"] if s.temperature != 1 else []
+        if getattr(s, "prompt_attention", "full") == "self":
+            out.append("prompt cache" if s.prompt_cache else "prompt self, no cache")
     return " ".join(out) or "-"
 
 
@@ -141,10 +147,12 @@ def describe_settings(kind: str, s) -> str:
 @functools.cache
 def objective_for_family(family: str) -> str:
     """The first ``conf/objective/<stem>.yaml`` (sorted) whose objective declares
-    ``sampler_family == family``: what a random-weight subject of that family trains with."""
+    ``sampler_family == family`` and trains on plain token windows (no ``required_fields``,
+    such as edit-native diffusion's): what a random-weight subject of that family trains with."""
     for path in sorted((Path(CONF_DIR) / "objective").glob("*.yaml")):
         cfg = compose([f"objective={path.stem}"])
-        if instantiate(cfg.objective, "objective").sampler_family == family:
+        o = instantiate(cfg.objective, "objective")
+        if o.sampler_family == family and not o.required_fields:
             return path.stem
     raise UserError(f"no objective in conf/objective/ declares sampler_family={family}; "
                     "drop its samplers from --samplers")
@@ -158,7 +166,7 @@ def load_subject(family: str, run_dir: str | None, model_name: str, overrides: l
                        f"seed={seed}"])
         b = build(cfg, tokenizer=ByteTokenizer(), data=False)
         return Subject(family, b.objective.name, b.graphdef, b.params, b.tokenizer, b.model, "random",
-                       str(cfg.model.name))
+                       str(cfg.model.name), trained=b.objective)
     from sandbox.core.runs import load_run
     from sandbox.eval.quality import is_code
 
@@ -174,7 +182,7 @@ def load_subject(family: str, run_dir: str | None, model_name: str, overrides: l
                         f"{fam}); pass it as {other}")
     return Subject(family, run.objective.name, run.graphdef, run.params, run.tokenizer, run.model,
                    str(run.dir), str(run.cfg.model.get("name", "?")), step=run.step,
-                   code=bool(is_code(None, run)), run=run)
+                   code=bool(is_code(None, run)), run=run, trained=run.objective)
 
 
 # --- the plan --------------------------------------------------------------------------------------
@@ -186,7 +194,9 @@ def plan(o, subjects: dict[str, Subject]) -> list[Point]:
 
     def add(sweep, kind, sampler, batch, length, prompt_len=P):
         subj = subjects[FAMILY_OF[kind]]
-        sampler = sampler.bind(subj.tokenizer)
+        sampler = sampler.bind(subj.tokenizer).for_checkpoint(subj.trained)
+        if not getattr(o, "prompt_cache", True) and hasattr(sampler, "prompt_cache"):
+            sampler = sampler.replace(prompt_cache=False)
         sampler.check(family=subj.family, objective=subj.objective, length=length, prompt_len=prompt_len)
         p = Point(FAMILY_OF[kind], kind, sampler, batch, length, prompt_len)
         p = pts.setdefault(p.key(), p)

@@ -84,6 +84,26 @@ def build_batches(cfg, data, seq_len: int):
     return data
 
 
+def check_fields(objective, batches, data_name: str) -> None:
+    """Refuse, in one line, an objective that cannot read the batches' fields (a conditional
+    source with an unconditional objective, a format's own fields with an objective that does
+    not know them) or that needs fields the batches lack."""
+    fields = tuple(getattr(batches, "fields", ("cond",) if getattr(batches, "conditional", False) else ()))
+    if fields and not getattr(objective, "conditional", False):
+        raise UserError(f"objective={objective.name} does not train on conditional data ({data_name}); "
+                        "pick an objective that does")
+    extra = [f for f in fields if f not in objective.batch_fields]
+    if extra:
+        raise UserError(f"objective={objective.name} cannot read the batch fields {', '.join(extra)} of "
+                        f"{data_name}; pick the objective that format trains (e.g. data.format=native "
+                        "needs objective=edit_mdlm)")
+    missing = [f for f in objective.required_fields if f not in fields]
+    if missing:
+        raise UserError(f"objective={objective.name} needs the batch fields {', '.join(missing)}, which "
+                        f"{data_name} does not provide (objective=edit_mdlm needs data=stdlib_edits "
+                        "data.format=native)")
+
+
 def build_model(cfg, tokenizer, seed: int):
     """The backbone, its vocabulary from the tokenizer and ``attention=auto`` resolved for the
     backend it will run on."""

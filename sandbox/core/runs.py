@@ -189,7 +189,7 @@ def upgrade_config(cfg: DictConfig) -> DictConfig:
 # Keys a resumed run may change: they affect reporting, not the trajectory.
 # A checkpoint restores onto any mesh and any number of processes, so mesh and dist may change
 # (the losses then differ from the original layout's only by float summation order).
-RESUME_MAY_CHANGE = ("cache_dir", "train.progress", "train.eval_every", "train.ckpt_every",
+RESUME_MAY_CHANGE = ("cache_dir", "train.progress", "train.prefetch", "train.eval_every", "train.ckpt_every",
                      "train.log_every", "train.eval_batches", "train.eval_batch_size", "train.eval_draws",
                      "mesh.", "dist.", "logger.")
 

@@ -30,9 +30,10 @@ LN2 = math.log(2.0)
 
 
 def objective_args(batch) -> tuple:
-    """(tokens, {"cond": ...}) of a batch: an array, or a conditional {"tokens", "cond"} dict."""
+    """(tokens, {field: array}) of a batch: an array, or a dict of "tokens" and the fields the
+    batch source declares (``cond``, ...), passed to the objective as keyword arguments."""
     if isinstance(batch, dict):
-        return batch["tokens"], {"cond": batch["cond"]}
+        return batch["tokens"], {k: v for k, v in batch.items() if k != "tokens"}
     return batch, {}
 
 

@@ -22,6 +22,11 @@ structured mask is ANDed with the band ``|pos_i - pos_j| < w`` over the position
 declares (``positions(l)``; the block-diffusion mask's two halves both carry 0..n-1).
 The chunked kernel then reads only the keys inside the band of each query chunk. The
 decoding masks (``prefill_masks``, ``step_masks``, ``block_masks``) apply the same band.
+
+Structured masks (objects with ``kind`` and ``array(l, s)``): ``BlockDiffusionMask``
+(one ``[l, s]`` pattern for the whole batch) and ``PromptMask`` (prefix-bidirectional
+attention of conditional sequences, one ``[B, l, s]`` pattern per row). Both kernels take
+either shape; cuDNN's fused kernel takes no arbitrary mask, so ``cudnn`` runs them as ``xla``.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import jax.numpy as jnp
 
 from sandbox.core.errors import UserError
 
-MASK_KINDS = ("causal", "bidirectional", "block_diffusion")
+MASK_KINDS = ("causal", "bidirectional", "block_diffusion", "prompt")
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,35 @@ class BlockDiffusionMask:
     def positions(self, l: int):
         """Token positions of the l = 2n rows: 0..n-1 for x_t, then 0..n-1 for x_0."""
         return jnp.arange(l) % (l // 2)
+
+
+@dataclass(frozen=True, eq=False)
+class PromptMask:
+    """Prefix-bidirectional attention over a conditional sequence ``[prompt ; canvas]``:
+
+    - a prompt query sees the prompt keys only (both directions), never the canvas;
+    - a canvas query sees every position (prompt and canvas, both directions).
+
+    ``prompt`` is bool[B, L], True on prompt positions (the objectives' ``cond``), so the
+    pattern is per row and needs no prompt length: it holds for any layout. Because the
+    prompt never reads the canvas, its keys and values at every layer depend on the prompt
+    alone, and a sampler can compute them once per sequence (``decode_block`` over the
+    prompt) and run each denoising step over the canvas only, against them (the exact
+    prompt cache; ``sandbox.samplers.mdm``). Identity-hashed (it holds an array)."""
+
+    prompt: object
+    kind: str = "prompt"
+
+    def array(self, l: int, s: int):
+        """bool[B, l, s] (row, query, key): True where attention is allowed."""
+        p = jnp.asarray(self.prompt, bool)
+        if l != s or p.ndim != 2 or p.shape[1] != l:
+            raise UserError(f"the prompt mask needs one full sequence: got {l} queries, {s} keys and "
+                            f"a prompt marker of shape {tuple(p.shape)}")
+        return ~p[:, :, None] | p[:, None, :]
+
+    def positions(self, l: int):
+        return jnp.arange(l)
 
 
 def mask_name(mask_kind) -> str:
@@ -144,7 +178,9 @@ def _chunked(q, k, v, mask_kind: str, chunk: int, window: int = 0):
 
     def block(i, j, kv_start, kv_end, mask):
         qi = qt[:, :, :, i:j].reshape(b, kh, g * (j - i), d)
-        if mask is not None:
+        if mask is not None and mask.ndim == 3:  # per-row mask [B, T, S] -> [B, 1, G*T, S]
+            mask = jnp.tile(mask, (1, g, 1))[:, None]
+        elif mask is not None:
             mask = jnp.tile(mask, (g, 1))
         return _dense(qi, kt[:, :, kv_start:kv_end], vt[:, :, kv_start:kv_end],
                       mask).reshape(b, kh, g, j - i, dv)
@@ -155,7 +191,7 @@ def _chunked(q, k, v, mask_kind: str, chunk: int, window: int = 0):
             full = full & band(_mask_positions(mask_kind, l), _mask_positions(mask_kind, s),
                                window, causal=False)
         c = max(chunk, 512)
-        outs = [block(i, min(i + c, l), 0, s, full[i:min(i + c, l)]) for i in range(0, l, c)]
+        outs = [block(i, min(i + c, l), 0, s, full[..., i:min(i + c, l), :]) for i in range(0, l, c)]
     elif mask_kind == "bidirectional":
         if window:  # chunks of queries read the keys within the window of the chunk
             outs = []
@@ -234,7 +270,7 @@ def block_masks(t: int, s: int, start, window: int = 0):
 def attend(q, k, v, mask_kind, impl: str = "chunked", chunk: int = 64, window: int = 0):
     """Grouped-query attention. q[B,L,H,D], k[B,S,K,D], v[B,S,K,Dv] -> [B,L,H,Dv].
     ``mask_kind``: a MASK_KINDS string, or a mask object with ``kind`` and
-    ``array(l, s) -> bool[l, s]``. ``window``: sliding-window width (0: off)."""
+    ``array(l, s) -> bool[l, s]`` or ``bool[B, l, s]``. ``window``: sliding-window width (0: off)."""
     if mask_name(mask_kind) not in MASK_KINDS:
         raise UserError(f"mask kind '{mask_kind}' unknown (choose one of {', '.join(MASK_KINDS)})")
     if impl == "chunked":
@@ -247,7 +283,7 @@ def attend(q, k, v, mask_kind, impl: str = "chunked", chunk: int = 64, window: i
             if window:
                 mask = mask & band(_mask_positions(mask_kind, q.shape[1]),
                                    _mask_positions(mask_kind, k.shape[1]), window, causal=False)
-            mask = mask[None, None]
+            mask = mask[:, None] if mask.ndim == 3 else mask[None, None]
         elif window:
             local = (window - 1, 0 if mask_kind == "causal" else window - 1)
         if impl == "xla" and h != kh:  # xla path wants equal heads; repeat kv groups

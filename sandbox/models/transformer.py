@@ -4,8 +4,9 @@
 
 RoPE positions, RMSNorm, SwiGLU MLP and grouped-query attention (``n_kv_heads`` divides
 ``n_heads``; ``n_kv_heads == 1`` is multi-query). The mask kind (``causal``,
-``bidirectional`` or a ``BlockDiffusionMask``) is a call argument chosen by the objective,
-so one backbone class serves every objective; it knows nothing of losses or noise.
+``bidirectional``, a ``BlockDiffusionMask`` or a ``PromptMask``) is a call argument chosen
+by the objective, so one backbone class serves every objective; it knows nothing of losses
+or noise.
 
 The backbone protocol (what objectives and samplers call; a new backbone provides it):
 - ``__call__(tokens[B, L], mask_kind=..., positions=None, t=None) -> logits[B, L, V]``,
@@ -15,6 +16,10 @@ The backbone protocol (what objectives and samplers call; a new backbone provide
   ``init_cache(B, S)``, ``decode`` (prefill, causal), ``decode_step`` (one AR token against
   a read-only cache plus a chunk buffer), ``decode_block`` (a bidirectional block against
   a read-only cache: block diffusion) and ``commit`` (write new keys/values into the cache).
+  ``decode_block`` also serves the prompt cache of masked diffusion under a ``PromptMask``:
+  over the prompt at start 0 with an empty cache (``init_cache(B, 0)``) it returns the
+  prompt's per-layer keys/values, and over the canvas against them the canvas rows of the
+  prompt-mask forward (``sandbox.samplers.mdm``).
 - Recurrent decoding (optional, ``recurrent = True``: a state of fixed size instead of a
   cache): ``prefill(tokens[B, P]) -> (logits, state)`` and ``step(tokens[B, 1], state, pos)
   -> (logits[B, 1, V], state)``; ``samplers/ar.py`` prefers it when present.
@@ -409,6 +414,10 @@ class Transformer(nnx.Module):
         if not self.time_conditioning:
             return None
         b, l = tokens.shape
+        if mask_name(mask_kind) == "prompt":
+            raise UserError("model.time_conditioning does not combine with the prompt mask "
+                            "(objective.prompt_attention=self): the time estimated from the whole "
+                            "input would let the prompt read the canvas; turn one of them off")
         if t is not None:
             t = jnp.asarray(t, jnp.float32).reshape(b, -1)  # [B] or [B, G]
         elif mask_name(mask_kind) == "causal":

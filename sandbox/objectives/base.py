@@ -12,6 +12,9 @@ training loss and a likelihood figure comparable across objectives:
 - ``mask_kind``: the attention mask it needs from the backbone.
 - ``conditional``: whether ``loss`` / ``nll`` take ``cond[B, L]`` (True on prompt positions,
   which are clean context, never corrupted or scored; ``sandbox.tasks.edits.task``).
+- ``batch_fields`` / ``required_fields``: the batch keys besides ``tokens`` that ``loss`` and
+  ``nll`` accept as keyword arguments, and those they cannot do without; the trainer checks
+  them against the batch source's ``fields`` (``sandbox.core.build.check_fields``).
 - ``flops_factor``: forward cost of one training token relative to one backbone token
   (2 for block diffusion's doubled input), used for compute-matched budgets.
 
@@ -53,6 +56,8 @@ class Objective:
     exact: bool = True
     flops_factor: float = 1.0
     conditional: bool = False
+    batch_fields: tuple = ("cond",)
+    required_fields: tuple = ()
     sampler_family: str = "ar"
     default_sampler: str = "ar"
     edit_sampler: str | None = None

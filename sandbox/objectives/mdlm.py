@@ -30,6 +30,16 @@ Design choices:
   positions outside the prompt are ever masked or scored, and the bound is divided by their
   number, so it bounds -log p(target | prompt) per target token (the count form then draws
   k ~ U{1..#target}).
+- ``prompt_attention`` (conditional data only): ``full`` (default; every position sees every
+  position) or ``self``: the prompt attends only to itself (both directions) while the canvas
+  attends to everything (``attention.PromptMask``), in training and in the held-out bound.
+  The prompt's keys and values then never depend on the canvas, so a sampler computes them
+  once per sequence and runs every diffusion step over the canvas alone (the exact prompt
+  cache, ``sandbox.samplers.mdm``). The mask is built from ``cond`` itself, per row, rather
+  than from ``data.prompt_len`` bound into the objective: ``cond`` is what defines the prompt
+  for the corruption and the scoring already, so mask and loss cannot disagree, the objective
+  needs nothing from the data config, and no layout assumption (equal prompt lengths,
+  a leading prompt) is built in. Without ``cond`` (unconditional data) it changes nothing.
 """
 
 from __future__ import annotations
@@ -40,9 +50,12 @@ import jax
 import jax.numpy as jnp
 
 from sandbox.core.errors import UserError
+from sandbox.models.attention import PromptMask
 from sandbox.models.logits import suppress
 from sandbox.objectives.base import Objective, seq_mean, token_nll
 from sandbox.objectives.schedules import Linear
+
+PROMPT_ATTENTION = ("full", "self")
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,11 @@ class MDLM(Objective):
     sampler_family: str = "mdm"
     default_sampler: str = "mdm_ancestral"
     edit_sampler: str | None = "mdm_threshold"
+    prompt_attention: str = "full"  # "full" or "self": the prompt attends only to itself (module doc)
+
+    @property
+    def label(self) -> str:
+        return self.name if self.prompt_attention == "full" else f"{self.name}(prompt=self)"
 
     def __post_init__(self):
         if not (hasattr(self.schedule, "alpha") and hasattr(self.schedule, "weight")):
@@ -70,9 +88,34 @@ class MDLM(Objective):
         if self.eval_estimator not in ("count", "time"):
             raise UserError(f"objective.eval_estimator: unknown value '{self.eval_estimator}' "
                             "(choose count or time)")
+        if self.prompt_attention not in PROMPT_ATTENTION:
+            raise UserError(f"objective.prompt_attention: unknown value '{self.prompt_attention}' "
+                            "(choose full or self)")
 
     def bind(self, tokenizer):
         return self.replace(mask_id=int(tokenizer.mask_id))
+
+    def check(self, model, tokenizer) -> None:
+        super().check(model, tokenizer)
+        if self.prompt_attention == "full":
+            return
+        name = getattr(model, "name", type(model).__name__)
+        masks = getattr(model, "supported_masks", ())
+        if "prompt" not in masks:
+            raise UserError(f"objective.prompt_attention=self needs the prompt mask but model '{name}' "
+                            f"supports only {', '.join(masks) or 'none'}; "
+                            "use objective.prompt_attention=full")
+        if getattr(model, "time_conditioning", False):
+            raise UserError("objective.prompt_attention=self does not combine with model.time_conditioning "
+                            "(the time estimated from the whole input would let the prompt read the "
+                            "canvas); turn one of them off")
+
+    def attention(self, cond=None):
+        """The mask the backbone gets: ``mask_kind``, or with ``prompt_attention=self`` and a
+        prompt marker cond[B, L] the prefix-bidirectional ``PromptMask(cond)``."""
+        if cond is None or self.prompt_attention == "full":
+            return self.mask_kind
+        return PromptMask(cond)
 
     # -- pieces, exposed for tests and samplers -------------------------------------------
     def sample_times(self, key, n, t_min):
@@ -93,16 +136,24 @@ class MDLM(Objective):
             masked = masked & ~cond
         return jnp.where(masked, self.mask_id, tokens), masked
 
-    def logits(self, model, z):
-        """Backbone logits with the SUBS mask-token suppression. z[B, L] -> [B, L, V]."""
-        logits = model(z, mask_kind=self.mask_kind)
+    def logits(self, model, z, cond=None):
+        """Backbone logits with the SUBS mask-token suppression. z[B, L] -> [B, L, V].
+        ``cond``: the prompt marker, which sets the mask under ``prompt_attention=self``."""
+        logits = model(z, mask_kind=self.attention(cond))
         return suppress(logits, (self.mask_id,))
+
+    def _logits(self, model, z, cond):
+        # cond reaches logits() only where it changes the mask, so a subclass that overrides
+        # logits(model, z) keeps working with the default prompt_attention=full
+        if cond is None or self.prompt_attention == "full":
+            return self.logits(model, z)
+        return self.logits(model, z, cond=cond)
 
     def nelbo(self, model, tokens, key, t, cond=None):
         """Single-draw NELBO per sequence [B] in nats per (target) token, at times t[B]."""
         assert self.mask_id >= 0, "call objective.bind(tokenizer) first"
         z, masked = self.corrupt(key, tokens, t, cond)
-        ce = token_nll(self.logits(model, z), tokens)
+        ce = token_nll(self._logits(model, z, cond), tokens)
         w = self.schedule.weight(jnp.maximum(t, 1e-12))[:, None]
         return seq_mean(jnp.where(masked, w * ce, 0.0), cond)
 
@@ -126,7 +177,7 @@ class MDLM(Objective):
         rank = jnp.argsort(u, axis=-1).argsort(axis=-1)
         masked = rank < k[:, None]
         z = jnp.where(masked, self.mask_id, tokens)
-        ce = token_nll(self.logits(model, z), tokens)
+        ce = token_nll(self._logits(model, z, cond), tokens)
         return jnp.sum(jnp.where(masked, ce, 0.0), axis=-1) / k
 
     def nll(self, model, tokens, key, draws: int | None = None, cond=None):

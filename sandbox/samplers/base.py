@@ -12,8 +12,10 @@ prompt; ``samplers/mdm.py``).
 ``sampler_family`` is the same (``ar``: left to right; ``mdm``: any-order masked
 diffusion; ``bd3lm``: block diffusion). The objective declares it, so a new objective
 pairs with the existing samplers without a table here. ``bind`` copies in the
-tokenizer's special ids; ``check`` raises a one-line UserError for settings that cannot
-work (a sampler of another family, steps out of range, a prompt longer than the output ...).
+tokenizer's special ids; ``for_checkpoint(objective)`` copies in what the run's training
+fixes (masked diffusion: how the prompt was attended); ``check`` raises a one-line
+UserError for settings that cannot work (a sampler of another family, steps out of range,
+a prompt longer than the output ...).
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ class Sampler:
     precision: str = "exact"
 
     def bind(self, tokenizer) -> Sampler:
+        return self
+
+    def for_checkpoint(self, objective) -> Sampler:
+        """A copy with the settings the run's training fixes (not defaults: applied to a chosen
+        sampler too). Masked diffusion reads ``objective.prompt_attention`` here."""
         return self
 
     def replace(self, **kw):

@@ -5,10 +5,11 @@ Blocks of ``block_size`` tokens are generated left to right. Inside a block, any
 masked-diffusion sampler of ``sandbox.samplers.mdm`` (``inner``: ancestral, top-k
 confidence, threshold, first-hitting; its ``steps`` are per block) denoises the block; the
 model reads the block bidirectionally plus the keys/values of the finished blocks
-(``model.decode_block`` against a read-only cache). When the block is final, one more
-``decode_block`` over its clean tokens gives their keys/values, which ``model.commit``
-writes into the cache: the exact KV cache of BD3LM (clean blocks' keys/values are what the
-training mask shows later blocks). NFE counts every model call, commits included.
+(``model.decode_block`` against a read-only cache, ``mdm.CachedView``). When the block is
+final, one more ``decode_block`` over its clean tokens gives their keys/values, which
+``model.commit`` writes into the cache: the exact KV cache of BD3LM (clean blocks'
+keys/values are what the training mask shows later blocks). NFE counts every model call,
+commits included.
 
 Length: the output holds up to ``length`` tokens (rounded up to whole blocks inside).
 With ``stop_at_eos`` generation stops after the first block in which every sequence has
@@ -29,19 +30,7 @@ import jax.numpy as jnp
 
 from sandbox.core.errors import UserError
 from sandbox.samplers.base import Sampler
-from sandbox.samplers.mdm import Ancestral, MaskedDiffusionSampler
-
-
-class _BlockView:
-    """What an inner sampler sees as ``model``: the block's logits against the cache."""
-
-    def __init__(self, model, cache, start):
-        self.model, self.cache, self.start = model, cache, start
-        self.vocab_size = model.vocab_size
-
-    def __call__(self, z, mask_kind=None, **kw):
-        del mask_kind, kw
-        return self.model.decode_block(z, self.cache, self.start)[0]
+from sandbox.samplers.mdm import Ancestral, CachedView, MaskedDiffusionSampler
 
 
 @dataclass(frozen=True)
@@ -111,7 +100,7 @@ class BD3LMSampler(Sampler):
             eligible = start + jnp.arange(bs) >= p                  # [bs]: not the prompt
 
             def fill(zb):
-                return self.inner.fill_block(_BlockView(model, cache, start),
+                return self.inner.fill_block(CachedView(model, cache, start),
                                              jax.random.fold_in(key, j), zb, eligible, self.inner.steps)
 
             zb, n = jax.lax.cond(jnp.any(eligible), fill, lambda zb: (zb, jnp.int32(0)), zb)

@@ -33,6 +33,19 @@ tokens from the unscaled model distribution with the exact categorical
 
 Time grids: ``uniform`` t_i = 1 - i/n, ``cosine`` t_i = cos(pi/2 * i/n) (few tokens first,
 more later, as in MaskGIT).
+
+**The prompt cache** (``prompt_attention="self"``, set from a run trained with
+``objective.prompt_attention=self`` by :meth:`MaskedDiffusionSampler.for_checkpoint`): the
+prompt ``[0, start)`` attends only to itself (``attention.PromptMask``), so its keys and
+values at every layer do not depend on the canvas. ``infill`` computes them once (one
+``decode_block`` over the prompt, counted in NFE) and every step then reads only the canvas
+``[start, L)`` against them (``decode_block`` over the canvas: :class:`CachedView`, the
+same read-only-cache view block diffusion uses for its finished blocks). It is exact: the
+canvas rows of a full forward under the prompt mask are the same function of the same
+keys and values. ``prompt_cache=False`` runs each step as that full forward (the reference);
+both run the inner loops on the canvas alone, so they draw the same random numbers and
+produce the same tokens. ``prompt_attention="full"`` (every run trained without the option)
+keeps the whole-canvas loop above unchanged.
 """
 
 from __future__ import annotations
@@ -44,17 +57,56 @@ import jax
 import jax.numpy as jnp
 
 from sandbox.core.errors import UserError
+from sandbox.models.attention import PromptMask
 from sandbox.models.logits import suppress
 from sandbox.samplers.base import Sampler
 from sandbox.samplers.categorical import sample
 
 GRIDS = ("uniform", "cosine")
+PROMPT_ATTENTION = ("full", "self")
 
 
 def time_grid(n: int, kind: str):
     """Times [n + 1] from 1 down to 0."""
     i = jnp.arange(n + 1, dtype=jnp.float32) / n
     return 1.0 - i if kind == "uniform" else jnp.cos(0.5 * math.pi * i)
+
+
+class CachedView:
+    """What a sampler loop sees as ``model`` when it runs on a block ``z[B, T]`` at positions
+    start..start+T-1 that reads a read-only cache of the positions before it: the block's
+    logits from ``model.decode_block`` (bidirectional inside the block). Block diffusion's
+    finished blocks and masked diffusion's prompt cache are both such a cache."""
+
+    def __init__(self, model, cache, start):
+        self.model, self.cache, self.start = model, cache, start
+        self.vocab_size = model.vocab_size
+
+    def __call__(self, z, mask_kind=None, **kw):
+        del mask_kind, kw
+        return self.model.decode_block(z, self.cache, self.start)[0]
+
+
+class PromptMaskView:
+    """The uncached reference of :class:`CachedView` for a prompt: the canvas ``z[B, L - P]``
+    is read as the canvas rows of a full forward of ``[prompt ; z]`` under the prompt mask."""
+
+    def __init__(self, model, prompt):
+        self.model, self.prompt = model, prompt
+        self.vocab_size = model.vocab_size
+
+    def __call__(self, z, mask_kind=None, **kw):
+        del mask_kind, kw
+        b, p = self.prompt.shape
+        cond = jnp.broadcast_to(jnp.arange(p + z.shape[1]) < p, (b, p + z.shape[1]))
+        full = jnp.concatenate([self.prompt, z], axis=1)
+        return self.model(full, mask_kind=PromptMask(cond))[:, p:]
+
+
+def prompt_kv(model, prompt):
+    """Per-layer keys/values of prompt[B, P] attending only to itself: ``decode_block`` of the
+    prompt at start 0 with an empty cache (its logits are unused, and cut by XLA)."""
+    return model.decode_block(prompt, model.init_cache(prompt.shape[0], 0), 0)[1]
 
 
 @dataclass(frozen=True)
@@ -66,6 +118,8 @@ class MaskedDiffusionSampler(Sampler):
     precision: str = "exact"
     mask_id: int = -1
     banned_ids: tuple = ()   # BOS / PAD: never in the training data, never drawn
+    prompt_attention: str = "full"  # "self": the run's prompt attends only to itself (module doc)
+    prompt_cache: bool = True       # with "self": the exact prompt cache (False: full forwards)
     name: str = "mdm"
     family: str = "mdm"
     uses_steps = True
@@ -91,6 +145,21 @@ class MaskedDiffusionSampler(Sampler):
                             f"of sampler.block_size={self.block_size}; raise steps or block_size")
         if not self.temperature > 0:
             raise UserError(f"sampler.temperature={self.temperature} must be positive")
+        if self.prompt_attention not in PROMPT_ATTENTION:
+            raise UserError(f"sampler.prompt_attention: unknown value '{self.prompt_attention}' "
+                            "(choose full or self)")
+
+    def for_checkpoint(self, objective):
+        """The settings a checkpoint fixes, whatever sampler was chosen: how its prompt was
+        attended in training (``objective.prompt_attention``; ``full`` for objectives without it)."""
+        return self.replace(prompt_attention=str(getattr(objective, "prompt_attention", "full")))
+
+    def settings(self) -> dict:
+        out = super().settings()
+        if self.prompt_attention == "full":  # unchanged labels and file names for every earlier run
+            out.pop("prompt_attention", None)
+            out.pop("prompt_cache", None)
+        return out
 
     def n_blocks(self, gen: int) -> int:
         return -(-gen // (self.block_size or gen))
@@ -126,13 +195,32 @@ class MaskedDiffusionSampler(Sampler):
         (``block_size``) and the shared ``steps`` are laid over [start, L) exactly as for
         ``generate``; each block reveals only its masked positions, and a block (or a row)
         with none is a no-op that costs no model call. ``start`` is static (a Python int).
-        Mask tokens before ``start`` are left alone (and stay masks)."""
+        Mask tokens before ``start`` are left alone (and stay masks).
+
+        With ``prompt_attention="self"`` the positions before ``start`` are the prompt, which
+        attends only to itself: the loop runs on [start, L) alone, against the prompt's cached
+        keys/values (``prompt_cache``, one extra model call, made only if anything is masked)
+        or through full forwards under the prompt mask (module doc)."""
+        z = z.astype(jnp.int32)
+        if self.prompt_attention == "full" or start == 0:
+            return self._fill_from(model, key, z, start)
+        prompt, canvas = z[:, :start], z[:, start:]
+        if not (self.prompt_cache and hasattr(model, "decode_block")):
+            canvas, nfe = self._fill_from(PromptMaskView(model, prompt), key, canvas, 0)
+            return jnp.concatenate([prompt, canvas], axis=1), nfe
+        todo = jnp.any(canvas == self.mask_id)
+        kv, n0 = jax.lax.cond(todo, lambda: (prompt_kv(model, prompt), jnp.int32(1)),
+                              lambda: (model.init_cache(z.shape[0], start), jnp.int32(0)))
+        canvas, nfe = self._fill_from(CachedView(model, kv, start), key, canvas, 0)
+        return jnp.concatenate([prompt, canvas], axis=1), nfe + n0
+
+    def _fill_from(self, model, key, z, start: int):
+        """The block loop of ``infill`` over z[B, L] from ``start``: (tokens, nfe)."""
         length = z.shape[1]
         gen = length - start
         bs = self.block_size or gen
         n_blocks = self.n_blocks(gen)
         per_block = max(1, self.steps // n_blocks)
-        z = z.astype(jnp.int32)
         pos = jnp.arange(length)
 
         def block(i, carry):

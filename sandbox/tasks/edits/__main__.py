@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
               f"(max {c['max_edits_per_function']} per function); diff bins {c['diff_bin']}")
         print("  " + json.dumps(c["kind_tier"]))
     for it in data.frozen["test"][: args.show]:
-        print(f"--- {it.kind} {it.tier} {it.module}:{it.qualname}: {it.instruction}\n{it.udiff}")
+        print(f"--- {it.kind} {it.tier} {it.module}:{it.qualname}: {it.instruction}\n{it.diff_text()}")
 
 
 if __name__ == "__main__":

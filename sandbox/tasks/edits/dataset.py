@@ -91,11 +91,11 @@ class EditItem:
     instruction: str
     before: str
     after: str  # the whole edited function (target format ``whole``)
-    udiff: str  # hunks relative to the function (target format ``udiff``)
+    udiff: str | None  # hunks relative to the function (format ``udiff``); None: not computed yet
     kind: str  # "rename", ..., "compose2", "compose3"
     sub_kinds: tuple[str, ...]  # (kind,) for a single edit, the steps' kinds for a composition
     tier: str  # tier of ``before``
-    n_changed_tokens: int
+    n_changed_tokens: int | None  # None in the training stream (only evaluation bins need it)
     module: str
     qualname: str
     top: str
@@ -104,7 +104,15 @@ class EditItem:
 
     @property
     def diff_bin(self) -> str:
-        return diff_size_bin(self.n_changed_tokens)
+        return diff_size_bin(self.changed_tokens())
+
+    def changed_tokens(self) -> int:
+        if self.n_changed_tokens is None:
+            return n_changed_tokens(self.before, self.after)
+        return self.n_changed_tokens
+
+    def diff_text(self) -> str:
+        return udiff(self.before, self.after) if self.udiff is None else self.udiff
 
     def to_edit(self) -> Edit:
         return Edit.from_json({**self.edit, "after": self.after})
@@ -119,13 +127,17 @@ class EditItem:
         return cls(**{**d, "sub_kinds": tuple(d["sub_kinds"])})
 
 
-def make_item(function: Function, edit: Edit, split: str = "train") -> EditItem:
+def make_item(function: Function, edit: Edit, split: str = "train", lazy: bool = False) -> EditItem:
+    """An item of ``edit`` on ``function``. ``lazy``: leave the udiff and the changed-token count
+    to be computed on demand (the training stream: a Python tokenize pass per item that only
+    the ``udiff`` format and the evaluation's bins read)."""
     before = function.source
     ident = hashlib.sha256(f"{before}\x00{edit.instruction}".encode()).hexdigest()[:16]
     e = edit.to_json()
     e.pop("after")
-    return EditItem(ident, edit.instruction, before, edit.after, udiff(before, edit.after), edit.kind,
-                    edit.sub_kinds, function.tier, n_changed_tokens(before, edit.after),
+    return EditItem(ident, edit.instruction, before, edit.after, None if lazy else udiff(before, edit.after),
+                    edit.kind, edit.sub_kinds, function.tier,
+                    None if lazy else n_changed_tokens(before, edit.after),
                     function.module, function.qualname, function.top, split, e)
 
 
@@ -167,7 +179,7 @@ class EditSampler:
             f = self.functions[rng.randrange(len(self.functions))]
             edit = gen(f.source, rng, self.names)
             if edit is not None and edit.after != f.source:
-                return make_item(f, edit, self.split)
+                return make_item(f, edit, self.split, lazy=True)
         raise UserError(f"stdlib_edits: no {kind} edit found in {_ATTEMPTS} functions of the "
                         f"{self.split} split (tiers {'/'.join(self.tiers)}); choose other kinds")
 

@@ -1,7 +1,8 @@
 """``python -m sandbox.evaluate eval=edits run_dir=<run>``: code-edit exact match and latency.
 
 Reads a run trained on ``data=stdlib_edits`` (``sandbox.tasks.edits.task``), generates the
-target of every frozen test item (or ``split=val``) one edit at a time, scores it with
+target of every frozen test item (or ``split=val``, or every edit of a user's JSONL file:
+``test_file=PATH``, ``sandbox.tasks.edits.external``) one edit at a time, scores it with
 ``sandbox.tasks.edits.metrics`` and appends to ``<run>/eval_edits.jsonl`` one summary line per
 (format, sampler setting) and one latency line per edit (the format documented in
 ``analysis/sections/edits.py``, which draws the plots). Predictions go to ``<run>/edits/``.
@@ -22,6 +23,9 @@ Design choices:
   token that a token-level diff of before -> after leaves unchanged is given; only the
   changed tokens are masked: ``inplace_oracle_positions``). Oracles use the gold answer, so
   they are upper bounds on what knowing the length / the edit's location buys.
+* **Edit-native runs** (``data.format=native``, ``sandbox.tasks.edits.native``): ``native``
+  (the model locates the lines to rewrite, then fills their slots) and ``native_oracle_lines``
+  (the gold lines are given: the upper bound on locating). Scored as ``whole`` targets.
 * **Items that do not fit** the run's prompt or canvas count as failures (``n_too_long``).
 * Baselines on the same items: ``copy`` (the input unchanged) and ``oracle`` (the gold edit).
 """
@@ -48,11 +52,15 @@ from sandbox.core.errors import UserError
 from sandbox.core.mesh import backend
 from sandbox.core.runfiles import append_jsonl, atomic_write_text
 from sandbox.core.runs import LoadedRun, load_run
+from sandbox.tasks.edits.external import SPLIT as FILE_SPLIT
+from sandbox.tasks.edits.external import EditFile, read_edit_file
 from sandbox.tasks.edits.metrics import aggregate, baseline, score
+from sandbox.tasks.edits.native import native_decoder
 from sandbox.tasks.edits.source import DIFF_BINS
-from sandbox.tasks.edits.task import target_text
+from sandbox.tasks.edits.task import NATIVE, target_text
 
 VARIANTS = ("canvas", "oracle_length", "oracle_positions")
+NATIVE_VARIANTS = ("native", "native_oracle_lines")  # a data.format=native run (.native)
 # metrics.score keys -> the summary's metric names (read by analysis/sections/edits.py)
 NAMES = {"exact": "exact_match", "ast": "ast_match", "parses": "parse_rate", "applies": "apply_rate",
          "no_op": "noop_rate", "line_precision": "changed_line_precision",
@@ -108,25 +116,43 @@ def build_sampler(cfg, run: LoadedRun):
 def variants_for(cfg, run: LoadedRun, sampler) -> list[str]:
     if sampler.family != "mdm":
         return ["canvas"]
+    known = NATIVE_VARIANTS if run.data.format == NATIVE else VARIANTS
     asked = cfg.get("variants")
-    asked = list(VARIANTS) if asked is None else [asked] if isinstance(asked, str) else list(asked)
+    asked = list(known) if asked is None else [asked] if isinstance(asked, str) else list(asked)
     for v in asked:
-        if v not in VARIANTS:
-            raise UserError(f"variants: unknown value '{v}' (choose from {', '.join(VARIANTS)})")
+        if v not in known:
+            raise UserError(f"variants: unknown value '{v}' for a data.format={run.data.format} run "
+                            f"(choose from {', '.join(known)})")
     if run.data.format != "whole":  # oracle positions index the edited function's tokens
         asked = [v for v in asked if v != "oracle_positions"]
     return asked
 
 
 def format_name(fmt: str, variant: str) -> str:
+    if variant in NATIVE_VARIANTS:
+        return variant
     return fmt if variant == "canvas" else f"inplace_{variant}"
 
 
-def select_items(cfg, run: LoadedRun):
+def read_test_file(cfg) -> EditFile | None:
+    """``test_file=PATH``: the edits to score instead of a frozen split (None without it)."""
+    if cfg.get("test_file") is None:
+        return None
+    for key, plain in (("tiers", None), ("split", "test")):
+        if cfg.get(key, plain) != plain:
+            raise UserError(f"{key}={cfg.get(key)}: selects from the frozen sets, not from test_file="
+                            f"{cfg.test_file}; drop it (a test_file is filtered by kinds= and max_per_kind=)")
+    return read_edit_file(cfg.test_file)
+
+
+def select_items(cfg, run: LoadedRun, external: EditFile | None = None):
     src = run.data
-    split = str(cfg.get("split", "test"))
-    tiers = cfg.get("tiers") or list(src.tiers)
-    items = src.data.items(split, cfg.get("kinds"), tiers)
+    if external is not None:  # every edit of the file, of the asked kinds (any label)
+        split, items = FILE_SPLIT, external.select(cfg.get("kinds"))
+    else:
+        split = str(cfg.get("split", "test"))
+        tiers = cfg.get("tiers") or list(src.tiers)
+        items = src.data.items(split, cfg.get("kinds"), tiers)
     per_kind = cfg.get("max_per_kind")
     if per_kind is not None:
         n = require_int(cfg, "max_per_kind", "max_per_kind", minimum=1)
@@ -171,39 +197,54 @@ def compile_fn(run: LoadedRun, sampler, prompt_len: int, length: int):
 
 
 # --- the evaluation -----------------------------------------------------------------------------
-def run_variant(run: LoadedRun, sampler, items, variant: str, seed: int, progress: bool) -> dict:
+def make_decoder(run: LoadedRun, sampler, variant: str):
+    """(decode, compile_s): ``decode(item, key) -> (output text | None, nfe, seconds)`` for one
+    item at batch 1, compiled before the first timed call (``None``: the item does not fit)."""
+    if variant in NATIVE_VARIANTS:
+        return native_decoder(run, sampler, oracle=variant == "native_oracle_lines")
     src = run.data
-    fmt = src.format
     fn = compile_fn(run, sampler, src.prompt_len, src.seq_len)
+    mdm = sampler.family == "mdm"
+    state = {"compiled": None, "compile_s": 0.0}
+
+    def decode(item, key):
+        prompt = src.prompt(item)
+        z = None if prompt is None or not mdm else canvas(src, item, variant, sampler.mask_id)
+        if prompt is None or (mdm and z is None):
+            return None, 0, 0.0
+        x = jnp.asarray((prompt if z is None else np.concatenate([prompt, z]))[None, :])
+        if state["compiled"] is None:
+            t0 = time.perf_counter()
+            state["compiled"] = fn.lower(run.params, key, x).compile()
+            state["compile_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        tokens, nfe = jax.block_until_ready(state["compiled"](run.params, key, x))
+        dt = time.perf_counter() - t0
+        return src.decode_target(np.asarray(tokens)[0, src.prompt_len:]), int(nfe), dt
+
+    return decode, lambda: state["compile_s"]
+
+
+def run_variant(run: LoadedRun, sampler, items, variant: str, seed: int, progress: bool) -> dict:
+    fmt = run.data.score_format
+    decode, compile_s = make_decoder(run, sampler, variant)
     base = jax.random.PRNGKey(seed)
-    compiled, compile_s = None, 0.0
     preds, scores, lat = [], [], []
-    bar = tqdm(items, disable=not progress, desc=f"{sampler.name} {format_name(fmt, variant)}", unit="edit",
-               dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(items, disable=not progress, desc=f"{sampler.name} {format_name(run.data.format, variant)}",
+               unit="edit", dynamic_ncols=True, mininterval=1.0)
     for i, it in enumerate(bar):
-        prompt = src.prompt(it)
-        z = None if prompt is None or sampler.family != "mdm" else canvas(src, it, variant, sampler.mask_id)
-        if prompt is None or (sampler.family == "mdm" and z is None):
+        out, nfe, dt = decode(it, jax.random.fold_in(base, i))
+        if out is None:
             preds.append({"id": it.id, "output": None, "too_long": True})
             scores.append(score(it.before, it.after, None, fmt))
             continue
-        x = jnp.asarray((prompt if z is None else np.concatenate([prompt, z]))[None, :])
-        key = jax.random.fold_in(base, i)
-        if compiled is None:
-            t0 = time.perf_counter()
-            compiled = fn.lower(run.params, key, x).compile()
-            compile_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        tokens, nfe = jax.block_until_ready(compiled(run.params, key, x))
-        dt = time.perf_counter() - t0
-        out = src.decode_target(np.asarray(tokens)[0, src.prompt_len:])
         s = score(it.before, it.after, out, fmt)
-        preds.append({"id": it.id, "output": out, "exact": s["exact"], "nfe": int(nfe), "latency_s": dt})
+        preds.append({"id": it.id, "output": out, "exact": s["exact"], "nfe": nfe, "latency_s": dt})
         scores.append(s)
-        lat.append({"edit_kind": it.kind, "diff_tokens": it.n_changed_tokens,
-                    "function_bytes": len(it.before.encode()), "latency_s": dt, "nfe": int(nfe),
+        lat.append({"id": it.id, "edit_kind": it.kind, "diff_tokens": it.changed_tokens(),
+                    "function_bytes": len(it.before.encode()), "latency_s": dt, "nfe": nfe,
                     "exact": bool(s["exact"]), "bin": it.diff_bin})
-    return {"preds": preds, "scores": scores, "lat": lat, "compile_s": compile_s}
+    return {"preds": preds, "scores": scores, "lat": lat, "compile_s": compile_s()}
 
 
 def baselines(items, fmt: str) -> dict:
@@ -256,25 +297,29 @@ def edits(cfg) -> list[dict]:
     if OmegaConf.is_missing(cfg, "run_dir") or cfg.run_dir is None:
         raise UserError("run_dir: required; pass a run trained with data=stdlib_edits")
     seed = require_int(cfg, "seed", "seed", minimum=0)
+    external = read_test_file(cfg)  # before the run loads: a bad file fails at once, writing nothing
+    source = external.describe() if external is not None else {}  # which file the records score
     run = load_run(cfg.run_dir, weights=str(cfg.get("weights", "ema")))
     if not getattr(run.data, "conditional", False) or not hasattr(run.data, "decode_target"):
         raise UserError(f"run_dir={cfg.run_dir}: trained on data={run.data.manifest.get('corpus')}, not "
                         "data=stdlib_edits; eval=edits needs an edit run")
     sampler = build_sampler(cfg, run)
-    split, items = select_items(cfg, run)
+    split, items = select_items(cfg, run, external)
     out_dir = run.dir / "edits"
-    bases = baselines(items, run.data.format)  # the same for every variant: scored once
+    bases = baselines(items, run.data.score_format)  # the same for every variant: scored once
     lines, records = [], []
     for variant in variants_for(cfg, run, sampler):
         r = run_variant(run, sampler, items, variant, seed, bool(cfg.get("progress", True)))
         line = summarize(run, sampler, items, split, variant, r, seed, bases)
-        tag = hashlib.sha256(json.dumps([line["sampler_settings"], split, [it.id for it in items]],
-                                        sort_keys=True).encode()).hexdigest()[:8]
+        line.update(source)
+        tag = hashlib.sha256(json.dumps([line["sampler_settings"], split, [it.id for it in items],
+                                         *source.values()], sort_keys=True).encode()).hexdigest()[:8]
         pred_file = out_dir / f"{line['format']}-{sampler.name}-{tag}-seed{seed}.jsonl"
         out_dir.mkdir(exist_ok=True)
-        atomic_write_text(pred_file, "".join(json.dumps(p) + "\n" for p in r["preds"]))
+        preds = r["preds"] if external is None else external.label(r["preds"])
+        atomic_write_text(pred_file, "".join(json.dumps(p) + "\n" for p in preds))
         line["predictions"] = str(pred_file)
-        keys = {k: line[k] for k in ("run", "format", "sampler", "settings")}
+        keys = {**{k: line[k] for k in ("run", "format", "sampler", "settings")}, **source}
         records += [line, *({"kind": "edits_latency", **keys, "diff_bin": x["bin"],
                              **{k: v for k, v in x.items() if k != "bin"}} for x in r["lat"])]
         print(table(line))

@@ -31,7 +31,7 @@ import difflib
 from collections import Counter, defaultdict
 
 from sandbox.tasks.edits.formats import apply, render
-from sandbox.tasks.edits.source import DIFF_BINS, diff_size_bin
+from sandbox.tasks.edits.source import DIFF_BINS, diff_size_bin, n_changed_tokens
 
 METRICS = ("exact", "ast", "parses", "applies", "no_op", "line_precision", "line_recall")
 
@@ -113,7 +113,8 @@ def aggregate(items, scores: list[dict]) -> dict:
     by_kind, by_bin = defaultdict(list), defaultdict(list)
     for it, s in zip(items, scores, strict=True):
         by_kind[it.kind].append(s)
-        by_bin[diff_size_bin(it.n_changed_tokens)].append(s)
+        n = it.n_changed_tokens  # None on a training-stream item: computed here
+        by_bin[diff_size_bin(n if n is not None else n_changed_tokens(it.before, it.after))].append(s)
     return {"all": _mean(list(scores)),
             "by_kind": {k: _mean(v) for k, v in sorted(by_kind.items())},
             "by_bin": {b: _mean(by_bin[b]) for b in DIFF_BINS if b in by_bin}}

@@ -36,6 +36,9 @@ Layout of one sequence, ``L = prompt_len + target_len`` tokens::
 * **Held-out loss.** ``eval_batches`` reads the frozen ``val`` items of the trained kinds
   and tiers that fit, in a fixed order; ``val_bpb`` is then nats per canvas token scaled to
   bits per byte of the target text (EOS padding included in the nats, not in the bytes).
+* **Exact match during training.** ``make_eval_extra`` (the trainer's hook) decodes
+  ``data.em_items`` fixed val items greedily at every evaluation and logs ``val_edit_em``
+  (``sandbox.tasks.edits.learning``).
 * **Tokenizer.** A trainable tokenizer (``tokenizer=bpe``) is trained on the train split's
   function sources and cached by their hash; bytes need nothing.
 """
@@ -56,12 +59,13 @@ from sandbox.tasks.edits.formats import FORMATS, render
 from sandbox.tasks.edits.kinds import SINGLE_KINDS, check_kinds
 
 _TRIES = 16  # stream indices tried per batch row before an item fits
+NATIVE = "native"  # the edit-native diffusion canvas (sandbox.tasks.edits.native): not a text format
 
 
 def target_text(item: EditItem, fmt: str) -> str:
     if fmt not in FORMATS:
         raise UserError(f"data.format: unknown value '{fmt}' (choose one of {', '.join(FORMATS)})")
-    return item.udiff if fmt == "udiff" else render(item.before, item.after, fmt)
+    return item.diff_text() if fmt == "udiff" else render(item.before, item.after, fmt)
 
 
 def prompt_text(item: EditItem) -> str:
@@ -76,6 +80,7 @@ class Encoded:
     cond: np.ndarray | None
     prompt_tokens: int
     target_tokens: int
+    extra: dict = field(default_factory=dict)  # further batch fields of the row (a format's own)
 
     @property
     def fits(self) -> bool:
@@ -87,23 +92,34 @@ class EditBatches:
     ``manifest`` make it stand in for a prepared corpus wherever a run is loaded."""
 
     conditional = True
+    fields = ("cond",)  # the batch's keys besides "tokens" (an objective must accept them)
 
     def __init__(self, data: EditsData, tokenizer, fmt: str, kinds: tuple[str, ...], tiers: tuple[str, ...],
-                 prompt_len: int, target_len: int):
+                 prompt_len: int, target_len: int, em_items: int = 0):
         self.data, self.tokenizer, self.format = data, tokenizer, fmt
+        self.em_items = int(em_items)  # val items of the exact match at each evaluation (0: off)
         self.kinds, self.tiers = kinds, tiers
         self.prompt_len, self.target_len = prompt_len, target_len
         self.seq_len = prompt_len + target_len
         self.manifest = {"corpus": "stdlib_edits", "tokenizer": tokenizer.describe(), "edits": data.manifest,
                          "format": fmt, "kinds": list(kinds), "tiers": list(tiers)}
         self._samplers: dict[int, object] = {}
-        val = [(e, len(target_text(it, fmt).encode())) for it in data.items("val", kinds, tiers)
+        val = [(e, self.target_bytes(it)) for it in data.items("val", kinds, tiers)
                if (e := self.encode(it)).fits]
         if not val:
             raise UserError(f"data: no val item of kinds {'/'.join(kinds)} and tiers {'/'.join(tiers)} "
                             f"fits prompt_len={prompt_len} and target_len={target_len}; raise them")
         self._val = [e for e, _ in val]
         self._val_bytes = [n for _, n in val]  # target bytes, for bits per byte
+
+    @property
+    def score_format(self) -> str:
+        """The format the decoded text is scored in (``metrics.score``)."""
+        return self.format
+
+    def target_bytes(self, item: EditItem) -> int:
+        """Bytes of an item's target text (bits per byte of the held-out loss)."""
+        return len(target_text(item, self.format).encode())
 
     # -- layout ------------------------------------------------------------------------------
     def encode(self, item: EditItem, target: bool = True) -> Encoded:
@@ -150,7 +166,7 @@ class EditBatches:
         "cond": bool [b, L]}, b = batch_size // process_count."""
         b = batch_size // process_count
         stream = self._sampler(seed)
-        toks, conds = [], []
+        rows = []
         for r in range(process_index * b, (process_index + 1) * b):
             for attempt in range(_TRIES):
                 e = self.encode(stream[(step * batch_size + r) * _TRIES + attempt])
@@ -159,9 +175,8 @@ class EditBatches:
             else:
                 raise UserError(f"data: {_TRIES} training items in a row do not fit prompt_len="
                                 f"{self.prompt_len} / target_len={self.target_len}; raise them")
-            toks.append(e.tokens)
-            conds.append(e.cond)
-        return {"tokens": np.stack(toks), "cond": np.stack(conds)}
+            rows.append(e)
+        return _stack(rows)
 
     def _eval_rows(self, batch_size: int, max_batches: int | None) -> list[int]:
         n = len(self._val) if max_batches is None else min(len(self._val), batch_size * max_batches)
@@ -170,8 +185,7 @@ class EditBatches:
     def eval_batches(self, *, batch_size: int, max_batches: int | None) -> Iterator[dict]:
         rows = self._eval_rows(batch_size, max_batches)
         for i in range(0, len(rows), batch_size):
-            es = [self._val[j] for j in rows[i:i + batch_size]]
-            yield {"tokens": np.stack([e.tokens for e in es]), "cond": np.stack([e.cond for e in es])}
+            yield _stack([self._val[j] for j in rows[i:i + batch_size]])
 
     def eval_tokens_per_byte(self, *, batch_size: int, max_batches: int | None) -> float:
         """Canvas tokens per target byte over the items ``eval_batches`` reads."""
@@ -181,6 +195,24 @@ class EditBatches:
     def describe(self) -> dict:
         return {"format": self.format, "prompt_len": self.prompt_len, "target_len": self.target_len,
                 "kinds": list(self.kinds), "tiers": list(self.tiers), "val_items": len(self._val)}
+
+    def make_eval_extra(self, *, graphdef, objective, layout):
+        """The trainer's optional hook: exact match of greedy decoding on ``em_items`` fixed val
+        items at every evaluation (``sandbox.tasks.edits.learning``); None when ``em_items`` is 0
+        or the format is not one of the text formats (``NativeBatches`` has its own)."""
+        if not self.em_items or self.format not in FORMATS:
+            return None
+        from sandbox.tasks.edits.learning import ExactMatchEval  # it imports this module
+
+        return ExactMatchEval(self, graphdef, objective, layout, self.em_items)
+
+
+def _stack(rows: Sequence[Encoded]) -> dict[str, np.ndarray]:
+    """A batch {"tokens", "cond", *extra fields} of encoded rows."""
+    out = {"tokens": np.stack([e.tokens for e in rows]), "cond": np.stack([e.cond for e in rows])}
+    for k in rows[0].extra:
+        out[k] = np.stack([e.extra[k] for e in rows])
+    return out
 
 
 @dataclass
@@ -195,17 +227,23 @@ class EditsTask:
     tiers: Sequence[str] | None = ("micro",)
     prompt_len: int = 128
     target_len: int = 128
+    native_slack: int = 16  # format=native: extra positions of a rewritten line's slot
+    em_items: int = 32  # val items whose exact match each evaluation logs (0: none)
     name = "stdlib_edits"
     conditional = True
 
     def _check(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        if self.format not in FORMATS:
+        if self.format not in (*FORMATS, NATIVE):
             raise UserError(f"data.format: unknown value '{self.format}' (choose one of "
-                            f"{', '.join(FORMATS)}; diffusion's inplace variants evaluate a whole run)")
-        for f in ("prompt_len", "target_len"):
+                            f"{', '.join((*FORMATS, NATIVE))}; diffusion's inplace variants evaluate a "
+                            "whole run)")
+        for f in ("prompt_len", "target_len", "native_slack"):
             v = getattr(self, f)
             if not isinstance(v, int) or v < 2:
                 raise UserError(f"data.{f}: must be an integer >= 2, got {v!r}")
+        if not isinstance(self.em_items, int) or isinstance(self.em_items, bool) or self.em_items < 0:
+            raise UserError(f"data.em_items: must be an integer >= 0 (0: no exact match during training), "
+                            f"got {self.em_items!r}")
         return check_kinds(self.kinds if self.kinds is not None else SINGLE_KINDS), check_tiers(self.tiers)
 
     def batch_source(self, tokenizer, cache_dir, progress: bool = True) -> EditBatches:
@@ -215,4 +253,8 @@ class EditsTask:
             texts = [f.source for f in data.functions["train"]]
             digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
             tokenizer.train(texts, Path(cache_dir).expanduser(), f"stdlib_edits-{digest}")
-        return EditBatches(data, tokenizer, self.format, kinds, tiers, self.prompt_len, self.target_len)
+        args = (data, tokenizer, self.format, kinds, tiers, self.prompt_len, self.target_len)
+        if self.format == NATIVE:  # the edit-native canvas has its own layout (sandbox.tasks.edits.native)
+            from sandbox.tasks.edits.native import NativeBatches
+            return NativeBatches(*args, slack=self.native_slack, em_items=self.em_items)
+        return EditBatches(*args, em_items=self.em_items)
