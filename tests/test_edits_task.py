@@ -173,7 +173,8 @@ EDIT_RUN = [*EDIT_DATA,
             "data.prompt_len=384", "data.target_len=320", "train.seq_len=704", "model.max_len=704",
             "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=2",
             "train.batch_size=4", "train.steps=3", "train.eval_every=3", "train.ckpt_every=3",
-            "train.log_every=1", "train.eval_batches=1", "train.eval_draws=2", "train.progress=false"]
+            "train.log_every=1", "train.eval_batches=1", "train.eval_draws=2", "train.progress=false",
+            "data.em_items=0"]  # tests/test_edit_em_curve.py covers the exact-match eval
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ def _old_spelling(run_dir):
     sched = cfg["objective"].pop("schedule")
     cfg["objective"]["schedule"] = sched["_target_"].rsplit(".", 1)[-1].lower()
     cfg["objective"]["power"] = sched.get("power", 2.0)
+    cfg["objective"].pop("prompt_attention")  # settings added since: absent from older folders
+    cfg["train"].pop("prefetch")
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return cfg
 

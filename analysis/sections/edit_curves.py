@@ -3,7 +3,8 @@ records, :func:`analysis.edits.edit_curves`) beside held-out bits per target byt
 training tokens, one line per run.
 
 Held-out bits per byte can fall for a long time before any edit comes out exactly right;
-the right panel shows when one does. A run's colour is its objective's (the report's
+the right panel shows when one does (its axis stops a little above the highest exact match,
+at least at 10%, so early learning is visible). A run's colour is its objective's (the report's
 palette), its line style tells runs of one objective apart. Runs whose eval records carry no
 ``val_edit_em`` are left out; with none the section is one line.
 """
@@ -27,7 +28,9 @@ STYLES = ("-", "--", ":", "-.")
 
 def _label(g: pd.DataFrame) -> str:
     r = g.iloc[0]
-    return f"{r.get('objective') or '?'} / {r.get('model') or '?'} ({r.get('run_name')})"
+    fmt = r.get("cfg.data.format")
+    fmt = f" {fmt}" if isinstance(fmt, str) else ""
+    return f"{r.get('objective') or '?'} / {r.get('model') or '?'}{fmt} ({r.get('run_name')})"
 
 
 def _x(curves: pd.DataFrame) -> tuple[str, str]:
@@ -51,7 +54,8 @@ def plot_edit_curves(curves: pd.DataFrame, out: Path, colors: dict) -> str:
             ax_bpb.plot(b[xcol], b["val_bpb"], **st)
         ax_em.plot(g[xcol], g[EM_FIELD].astype(float), **st)
     ax_bpb.set(xlabel=xlabel, ylabel="held-out bits per target byte", title="Held-out bits per byte")
-    ax_em.set(xlabel=xlabel, ylabel="exact match", ylim=(-0.02, 1.02),
+    top = float(curves[EM_FIELD].astype(float).max())
+    ax_em.set(xlabel=xlabel, ylabel="exact match", ylim=(-0.01, min(1.02, max(0.1, 1.15 * top))),
               title="Exact match on fixed val items (greedy)")
     for ax in (ax_bpb, ax_em):
         ax.grid(alpha=0.3)

@@ -189,7 +189,8 @@ def upgrade_config(cfg: DictConfig) -> DictConfig:
 # Keys a resumed run may change: they affect reporting, not the trajectory.
 # A checkpoint restores onto any mesh and any number of processes, so mesh and dist may change
 # (the losses then differ from the original layout's only by float summation order).
-RESUME_MAY_CHANGE = ("cache_dir", "train.progress", "train.prefetch", "train.eval_every", "train.ckpt_every",
+RESUME_MAY_CHANGE = ("cache_dir", "train.progress", "train.prefetch", "data.em_items", "train.eval_every",
+                     "train.ckpt_every",
                      "train.log_every", "train.eval_batches", "train.eval_batch_size", "train.eval_draws",
                      "mesh.", "dist.", "logger.")
 
@@ -200,6 +201,10 @@ def _flat(d, prefix=""):
         key = f"{prefix}{k}"
         out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
     return out
+
+
+# settings added to the configs after runs were saved, with the value those runs had implicitly
+ADDED_WITH_DEFAULT = {"data.native_slack": 16, "objective.prompt_attention": "full"}
 
 
 def check_same_run(cfg, run_dir: Path) -> None:
@@ -216,6 +221,8 @@ def check_same_run(cfg, run_dir: Path) -> None:
     for key in sorted(set(saved) | set(now)):
         if key.startswith(RESUME_MAY_CHANGE) or key in ("mesh", "dist", "logger"):
             continue
+        if key not in saved and key in ADDED_WITH_DEFAULT and now.get(key) == ADDED_WITH_DEFAULT[key]:
+            continue  # a setting added after the run started, at the value the run had implicitly
         if saved.get(key) != now.get(key):
             raise UserError(f"{key}: the run in {run_dir} was started with {saved.get(key)!r}, now "
                             f"{now.get(key)!r}; a resumed run must keep it (use a new hydra.run.dir)")
