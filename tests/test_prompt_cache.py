@@ -23,6 +23,7 @@ from sandbox.data import ByteTokenizer
 from sandbox.models.attention import PromptMask, attend
 from sandbox.models.gla import GatedLinearAttention
 from sandbox.models.logits import suppress
+from sandbox.models.mla import MultiHeadLatentAttention
 from sandbox.models.transformer import Transformer
 from sandbox.objectives import MDLM
 from sandbox.samplers import Ancestral, Threshold
@@ -57,8 +58,12 @@ def _split(model):
 
 
 # -- (1) cached logits equal the uncached prompt-mask forward ------------------------------------
-@pytest.mark.parametrize("kw", [dict(attention="chunked"), dict(attention="xla", window=5)],
-                         ids=["chunked", "xla-window"])
+def _mla(cfg, rngs):
+    return MultiHeadLatentAttention(cfg, rngs=rngs, kv_rank=16, rope_dim=8)
+
+
+@pytest.mark.parametrize("kw", [dict(attention="chunked"), dict(attention="xla", window=5), dict(mixer=_mla)],
+                         ids=["chunked", "xla-window", "mla"])
 def test_cached_canvas_logits_equal_the_prompt_mask_forward(kw):
     model = _model(**kw)
     _, z, cond = _seq()

@@ -108,6 +108,7 @@ def setup(cfg, *, prompt=None) -> Setup:
         sampler = sampler.replace(steps=gen)
     if auto and hasattr(sampler, "for_objective"):  # e.g. bd3lm: the checkpoint's block size
         sampler = sampler.for_objective(run.objective)
+    sampler = sampler.for_checkpoint(run.objective)  # what training fixed (the prompt cache of prompt=self)
     sampler.check(family=run.objective.sampler_family, objective=run.objective.name, length=length,
                   prompt_len=len(prompt_ids))
     if length > run.seq_len:

@@ -108,6 +108,7 @@ def build_sampler(cfg, run: LoadedRun):
     if hasattr(sampler, "stop_at_eos"):
         sampler = sampler.replace(stop_at_eos=True)
     src = run.data
+    sampler = sampler.for_checkpoint(run.objective)  # what training fixed (the prompt cache of prompt=self)
     sampler.check(family=run.objective.sampler_family, objective=run.objective.name, length=src.seq_len,
                   prompt_len=src.prompt_len)
     return sampler
