@@ -114,12 +114,17 @@ class ExactMatchEval:
     def __call__(self, params, *, step: int | None = None) -> dict:
         t0 = time.perf_counter()
         outputs, nfe, compile_s = self.decode(params)
-        fmt = getattr(self.src, "score_format", self.src.format)
-        agg = aggregate(self.items, [score(it.before, it.after, out, fmt)
-                                     for it, out in zip(self.items, outputs, strict=True)])
-        rec = {"val_edit_em": agg["all"]["exact"], "val_edit_items": len(self.items),
-               **{f"val_edit_em_{k}": m["exact"] for k, m in agg["by_kind"].items()},
-               "val_edit_s": time.perf_counter() - t0 - compile_s, "val_edit_nfe": nfe}
-        if compile_s:
-            rec["val_edit_compile_s"] = compile_s
-        return rec
+        return em_record(self.items, outputs, self.src.score_format, time.perf_counter() - t0 - compile_s,
+                         compile_s, val_edit_nfe=nfe)
+
+
+def em_record(items, outputs, fmt: str, seconds: float, compile_s: float = 0.0, **extra) -> dict:
+    """The eval record's exact-match fields (module doc) of ``outputs`` scored in ``fmt``."""
+    agg = aggregate(items, [score(it.before, it.after, out, fmt)
+                            for it, out in zip(items, outputs, strict=True)])
+    rec = {"val_edit_em": agg["all"]["exact"], "val_edit_items": len(items),
+           **{f"val_edit_em_{k}": m["exact"] for k, m in agg["by_kind"].items()},
+           "val_edit_s": seconds, **extra}
+    if compile_s:
+        rec["val_edit_compile_s"] = compile_s
+    return rec

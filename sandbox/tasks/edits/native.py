@@ -178,36 +178,41 @@ class NativeBatches(EditBatches):
         EOS padding and the tail alike)."""
         return self.tokenizer.decode(np.asarray(canvas))  # decode drops every special id
 
+    def source_row(self, item: EditItem):
+        """(left-padded prompt [prompt_len], source Layout) of an item, or the prompt's token
+        count when the prompt or the old lines do not fit."""
+        p = self.prompt_ids(item)
+        lay = self.layout(item.before) if len(p) <= self.prompt_len else None
+        if lay is None:
+            return len(p)
+        prompt = np.full(self.prompt_len, self.tokenizer.pad_id, np.int32)
+        prompt[self.prompt_len - len(p):] = p
+        return prompt, lay
+
     # -- the trainer's protocol --------------------------------------------------------------
     def encode(self, item: EditItem, target: bool = True) -> Encoded:
         """The fill and locate rows of an item (``target=False``: the prompt only)."""
-        tok = self.tokenizer
-        p = tok.encode(f"{item.instruction}\n{item.before}") + [tok.bos_id]
-        lay = self.layout(item.before) if len(p) <= self.prompt_len else None
-        if lay is None:
-            return Encoded(None, None, len(p), 0)
-        prompt = np.full(self.prompt_len, tok.pad_id, np.int32)
-        prompt[self.prompt_len - len(p):] = p
+        row = self.source_row(item)
+        if isinstance(row, int):
+            return Encoded(None, None, row, 0)
+        prompt, lay = row
+        n_prompt = int((prompt != self.tokenizer.pad_id).sum())  # the prompt never holds [PAD]
         if not target:
             tokens = np.concatenate([prompt, lay.source])
-            return Encoded(tokens, None, len(p), 0)
+            return Encoded(tokens, None, n_prompt, 0)
         flags, content = align_lines(item.before, item.after)
         ec = self.edit_canvas(lay, flags, content)
         if ec is None:
-            return Encoded(None, None, len(p), self.target_len + 1)
+            return Encoded(None, None, n_prompt, self.target_len + 1)
         canvas, known = ec
         head = np.ones(self.prompt_len, bool)
-        enc = Encoded(np.concatenate([prompt, canvas]), np.concatenate([head, known]), len(p),
+        enc = Encoded(np.concatenate([prompt, canvas]), np.concatenate([head, known]), n_prompt,
                       int((~known).sum()))
         canvas_start = np.zeros(self.prompt_len, bool)
         enc.extra = {"source": np.concatenate([prompt, lay.source]),
                      "source_cond": np.concatenate([head, np.zeros(self.target_len, bool)]),
                      "rewrite": np.concatenate([canvas_start, self.flag_positions(lay, flags)])}
         return enc
-
-    def prompt(self, item: EditItem) -> np.ndarray | None:
-        e = self.encode(item, target=False)
-        return None if e.tokens is None else e.tokens[:self.prompt_len]
 
     def target_bytes(self, item: EditItem) -> int:
         """Bytes of the rewritten lines' new text (what the fill's bound is about)."""
@@ -263,10 +268,10 @@ def native_decoder(run, sampler, oracle: bool = False):
 
     def decode(item, key, params=None):
         params = run.params if params is None else params
-        prompt = src.prompt(item)
-        lay = src.layout(item.before)
-        if prompt is None or lay is None:
+        row = src.source_row(item)
+        if isinstance(row, int):
             return None, 0, 0.0
+        prompt, lay = row
         t0 = time.perf_counter()
         nfe = 0
         if oracle:
@@ -310,18 +315,14 @@ class NativeExactMatch:
 
         import jax
 
-        from sandbox.tasks.edits.metrics import aggregate, score
+        from sandbox.tasks.edits.learning import em_record
 
-        rec = {}
+        compile_s = 0.0
         if self.decode is None:
             self.view.params = params
-            self.decode, compile_s = native_decoder(self.view, self.sampler)
-            rec["val_edit_compile_s"] = compile_s()
+            self.decode, compiled = native_decoder(self.view, self.sampler)
+            compile_s = compiled()
         t0 = time.perf_counter()
         key = jax.random.PRNGKey(self.seed)
         outs = [self.decode(it, jax.random.fold_in(key, i), params)[0] for i, it in enumerate(self.items)]
-        agg = aggregate(self.items, [score(it.before, it.after, o, "whole")
-                                     for it, o in zip(self.items, outs, strict=True)])
-        return {"val_edit_em": agg["all"]["exact"], "val_edit_items": len(self.items),
-                **{f"val_edit_em_{k}": m["exact"] for k, m in agg["by_kind"].items()},
-                "val_edit_s": time.perf_counter() - t0, **rec}
+        return em_record(self.items, outs, self.view.data.score_format, time.perf_counter() - t0, compile_s)

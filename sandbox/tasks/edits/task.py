@@ -125,7 +125,7 @@ class EditBatches:
     def encode(self, item: EditItem, target: bool = True) -> Encoded:
         """The item's sequence (``target=False``: the prompt only, an all-EOS canvas)."""
         tok = self.tokenizer
-        p = tok.encode(prompt_text(item)) + [tok.bos_id]
+        p = self.prompt_ids(item)
         t = tok.encode(target_text(item, self.format)) + [tok.eos_id] if target else []
         if len(p) > self.prompt_len or len(t) > self.target_len:
             return Encoded(None, None, len(p), len(t))
@@ -136,6 +136,10 @@ class EditBatches:
         cond = np.zeros(self.seq_len, bool)
         cond[:self.prompt_len] = True
         return Encoded(tokens, cond, len(p), len(t))
+
+    def prompt_ids(self, item: EditItem) -> list[int]:
+        """The prompt's tokens: ``instruction "\n" before`` and BOS (module doc)."""
+        return self.tokenizer.encode(prompt_text(item)) + [self.tokenizer.bos_id]
 
     def prompt(self, item: EditItem) -> np.ndarray | None:
         """The left-padded prompt [prompt_len] of an item, or None when it does not fit."""
