@@ -16,8 +16,16 @@ from sandbox.tasks.edits.task import EditsTask
 
 @pytest.fixture(scope="module")
 def native(sandbox_cache) -> NativeBatches:
-    task = EditsTask(source=SOURCE, format="native", tiers=("micro",), prompt_len=384, target_len=320,
+    task = EditsTask(source=SOURCE, format="native", tiers=("micro",), prompt_len=576, target_len=320,
                      native_slack=48)  # bytes: an inserted statement is longer than 16
+    return task.batch_source(ByteTokenizer(), sandbox_cache, progress=False)
+
+
+@pytest.fixture(scope="module")
+def native_plain(sandbox_cache) -> NativeBatches:
+    """The first layout (``native_twin=false``): the old function inside the prompt's text."""
+    task = EditsTask(source=SOURCE, format="native", tiers=("micro",), prompt_len=384, target_len=320,
+                     native_slack=48, native_twin=False)
     return task.batch_source(ByteTokenizer(), sandbox_cache, progress=False)
 
 
@@ -58,9 +66,12 @@ def test_alignment_round_trips_every_frozen_item(native):
         assert apply_lines(it.before, *align_lines(it.before, it.after)) == it.after, it.id
 
 
-def test_canvases_of_an_item_decode_to_before_and_after(native):
+@pytest.mark.parametrize("layout", ["native", "native_plain"])
+def test_canvases_of_an_item_decode_to_before_and_after(layout, request):
+    native = request.getfixturevalue(layout)
     tok = native.tokenizer
     p, n = native.prompt_len, native.target_len
+    h = native.head_len  # the instruction's share of the prompt
     seen = 0
     for it in native.data.items("val", tiers="micro"):
         e = native.encode(it)
@@ -70,7 +81,7 @@ def test_canvases_of_an_item_decode_to_before_and_after(native):
         src, rewrite = e.extra["source"], e.extra["rewrite"]
         assert tok.decode(src[p:]) == it.before                     # the source canvas
         assert native.decode_canvas(e.tokens[p:]) == it.after        # the gold fill canvas
-        assert (e.tokens[:p] == src[:p]).all() and e.cond[:p].all()  # same prompt, clean
+        assert (e.tokens[:h] == src[:h]).all() and e.cond[:p].all()  # same instruction, clean prompt
         assert not e.extra["source_cond"][p:].any() and e.extra["source_cond"][:p].all()
         # the rewrite positions are exactly the flagged lines of the source canvas
         lay = native.layout(it.before)
@@ -86,8 +97,55 @@ def test_canvases_of_an_item_decode_to_before_and_after(native):
     assert seen >= 8
 
 
+def test_the_twin_holds_each_canvas_positions_old_token_target_len_earlier(native):
+    """Twin layout: the locate row's twin is the source canvas; the fill row's twin shows, at
+    every canvas position minus target_len, the old token of the same line (kept lines: the
+    token itself; a slot: its old line, then EOS to the slot's width)."""
+    p, n, eos = native.prompt_len, native.target_len, native.tokenizer.eos_id
+    assert native.twin and native.head_len == p - n
+    seen = 0
+    for it in native.data.items("val", tiers="micro"):
+        e = native.encode(it)
+        if not e.fits:
+            continue
+        lay = native.layout(it.before)
+        flags, _ = align_lines(it.before, it.after)
+        assert (e.extra["source"][p - n:p] == lay.source).all()
+        twin, canvas, known = e.tokens[p - n:p], e.tokens[p:], e.cond[p:]
+        assert (twin[known] == canvas[known]).all()
+        pos = 0
+        for line, f in zip(lay.line_ids, flags, strict=True):
+            w = len(line) + native.slack if f else len(line)
+            assert twin[pos:pos + len(line)].tolist() == line
+            assert (twin[pos + len(line):pos + w] == eos).all()
+            assert known[pos:pos + w].all() != f  # a slot is unknown, a kept line known
+            pos += w
+        seen += any(flags)
+    assert seen >= 8
+
+
+def test_the_twin_needs_room_for_the_instruction(sandbox_cache):
+    task = EditsTask(source=SOURCE, format="native", tiers=("micro",), prompt_len=321, target_len=320)
+    with pytest.raises(UserError, match="data.prompt_len=321 must exceed data.target_len=320") as e:
+        task.batch_source(ByteTokenizer(), sandbox_cache, progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_a_native_run_saved_before_the_twin_loads_with_the_first_layout():
+    from omegaconf import OmegaConf
+
+    from sandbox.core.runs import upgrade_config
+
+    old = OmegaConf.create({"data": {"format": "native", "native_slack": 16}})
+    assert upgrade_config(old).data.native_twin is False
+    whole = OmegaConf.create({"data": {"format": "whole", "native_slack": 16}})
+    assert "native_twin" not in upgrade_config(whole).data  # no effect there: left as saved
+    new = OmegaConf.create({"data": {"format": "native", "native_twin": True}})
+    assert upgrade_config(new).data.native_twin is True
+
+
 def test_a_slot_that_overflows_does_not_fit(sandbox_cache):
-    task = EditsTask(source=SOURCE, format="native", tiers=("micro",), prompt_len=384, target_len=320,
+    task = EditsTask(source=SOURCE, format="native", tiers=("micro",), prompt_len=576, target_len=320,
                      native_slack=2)
     tight = task.batch_source(ByteTokenizer(), sandbox_cache, progress=False)
     it = next(it for it in tight.data.items("val", "insert_stmt", "micro"))
@@ -161,8 +219,8 @@ def test_a_model_that_memorised_edits_decodes_them_natively(tmp_path, sandbox_ca
 
     monkeypatch.setattr(NativeBatches, "_sampler", fixed)
     d = tmp_path / "native"
-    run(compose([*EDIT_DATA, "data.format=native", "objective=edit_mdlm", "data.prompt_len=224",
-                 "data.target_len=192", "train.seq_len=416", "model.max_len=416", "data.em_items=0",
+    run(compose([*EDIT_DATA, "data.format=native", "objective=edit_mdlm", "data.prompt_len=416",
+                 "data.target_len=192", "train.seq_len=608", "model.max_len=608", "data.em_items=0",
                  "data.native_slack=48",
                  "model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=2",
                  "train.batch_size=6", "train.steps=250", "train.eval_every=1000", "train.ckpt_every=1000",

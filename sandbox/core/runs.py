@@ -154,8 +154,9 @@ SCHEDULE_CONF = Path(CONF_DIR) / "objective" / "schedule"
 
 def upgrade_config(cfg: DictConfig) -> DictConfig:
     """Rewrite, in place, what an older config spells differently: moved ``_target_`` paths,
-    and ``objective.schedule: <name>`` (+ ``objective.power``) that became a node of the
-    ``objective/schedule`` group."""
+    ``objective.schedule: <name>`` (+ ``objective.power``) that became a node of the
+    ``objective/schedule`` group, and the layout a ``data.format=native`` run was saved with
+    before ``data.native_twin`` existed (false)."""
     def walk(node):
         if OmegaConf.is_dict(node):
             for k in list(node.keys()):
@@ -168,6 +169,10 @@ def upgrade_config(cfg: DictConfig) -> DictConfig:
                     walk(v)
 
     walk(cfg)
+    data = cfg.get("data")
+    if data is not None and data.get("format") == "native" and "native_twin" not in data:
+        with open_dict(data):
+            data.native_twin = False  # saved before the twin layout: the prompt held the function
     obj = cfg.get("objective")
     if obj is not None and isinstance(obj.get("schedule"), str):
         name = obj.schedule
@@ -204,7 +209,9 @@ def _flat(d, prefix=""):
 
 
 # settings added to the configs after runs were saved, with the value those runs had implicitly
-ADDED_WITH_DEFAULT = {"data.native_slack": 16, "objective.prompt_attention": "full"}
+# (data.native_twin: a native run saved before it had the first layout, which upgrade_config
+# writes into its config; for the other formats the setting has no effect)
+ADDED_WITH_DEFAULT = {"data.native_slack": 16, "objective.prompt_attention": "full", "data.native_twin": True}
 
 
 def check_same_run(cfg, run_dir: Path) -> None:

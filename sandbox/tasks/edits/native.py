@@ -26,6 +26,24 @@ arXiv 2602.01326), where a masked span grows or shrinks, and EdiT5's keep/rewrit
 before generation (Mallinson et al., EMNLP 2022). The line alignment is difflib's
 line-level matching of before and after (the same one the ``search_replace`` format uses).
 
+**Twin: the old function beside the canvas, in the canvas's geometry** (``data.native_twin``,
+default on). A masked slot has to reproduce most of its old line (a renamed variable, a
+swapped operator, a new argument change a few tokens of it). With the old function only in
+the instruction's text, a fill position must *find* its old token by content at a distance
+that differs for every line and item, which a small model learns slowly (the first recipe's
+fill got 16% exact match even with the gold line flags). With the twin, the prompt ends with
+the old lines laid out exactly like the canvas that follows (each flagged line padded with
+``[EOS]`` to its slot's width), so every canvas position's old token sits exactly
+``target_len`` positions earlier: a copy at one fixed relative offset, which rotary
+attention represents directly. This is the layout form of position coupling (Cho et al.
+2024, arXiv 2405.20671: give an output token the position of the input token it copies)::
+
+    [PAD.., instruction, BOS][line_1][line_2 EOS..][line_3]..[EOS..][line_1][slot 2][line_3]..[EOS..]
+     <prompt_len - target_len><------ twin: target_len -------------><---- canvas: target_len --->
+
+The locate row's twin is the source canvas itself (no slots yet). ``native_twin=false`` keeps
+the first layout (the prompt is ``instruction "\n" before``, BOS), for runs saved before it.
+
 **Decoding (two phases, no oracle).** (1) *Locate*: one forward over the source canvas; the
 model predicts ``[MASK]`` ("not final, rewrite me") or the token itself at each position, and a
 line is rewritten when its mean probability of ``[MASK]`` exceeds 1/2. (2) *Fill*: the flagged
@@ -49,6 +67,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sandbox.core.errors import UserError
 from sandbox.tasks.edits.dataset import EditItem
 from sandbox.tasks.edits.task import EditBatches, Encoded
 
@@ -108,10 +127,18 @@ class NativeBatches(EditBatches):
     fields = ("cond", "source", "source_cond", "rewrite")
     score_format = "whole"
 
-    def __init__(self, *args, slack: int = 16, **kw):
-        self.slack = int(slack)
+    def __init__(self, *args, slack: int = 16, twin: bool = True, **kw):
+        self.slack, self.twin = int(slack), bool(twin)
+        prompt_len, target_len = args[5], args[6]
+        # the instruction's share of the prompt: all of it, or what the twin leaves
+        self.head_len = prompt_len - target_len if self.twin else prompt_len
+        if self.head_len < 2:
+            raise UserError(f"data.prompt_len={prompt_len} must exceed data.target_len={target_len} by at "
+                            "least 2 with data.native_twin=true (the prompt holds the instruction and a "
+                            "target_len copy of the old function); raise data.prompt_len")
         super().__init__(*args, **kw)
         self.manifest["native_slack"] = self.slack
+        self.manifest["native_twin"] = self.twin
 
     # -- layout ------------------------------------------------------------------------------
     def layout(self, before: str) -> Layout | None:
@@ -173,21 +200,47 @@ class NativeBatches(EditBatches):
         probability of ``[MASK]`` at each source-canvas position) over its tokens > threshold."""
         return [bool(e > s and float(np.mean(p_rewrite[s:e])) > threshold) for s, e in lay.spans]
 
+    def twin_canvas(self, lay: Layout, flags=None) -> np.ndarray:
+        """[target_len] the old lines in the geometry of the canvas they sit beside (module doc,
+        "Twin"): each flagged line padded with ``[EOS]`` to its slot's width, so canvas position
+        ``c`` and twin position ``c`` hold the same line's ``j``-th token; ``flags=None``: the
+        source canvas itself. Only called when the slots fit (``edit_canvas`` checked them)."""
+        if flags is None or not any(flags):
+            return lay.source
+        eos = self.tokenizer.eos_id
+        ids = [t for line, f in zip(lay.line_ids, flags, strict=True)
+               for t in (line + [eos] * self.slack if f else line)]
+        out = np.full(self.target_len, eos, np.int32)
+        out[:len(ids)] = ids
+        return out
+
+    def prompt_of(self, head: np.ndarray, lay: Layout, flags=None) -> np.ndarray:
+        """The whole prompt [prompt_len]: the instruction head, then (``twin``) the old function
+        in the geometry of the canvas that follows (``flags=None``: the source canvas's)."""
+        return np.concatenate([head, self.twin_canvas(lay, flags)]) if self.twin else head
+
     def decode_canvas(self, canvas) -> str:
         """A filled edit canvas -> the edited function (every special id dropped: the slots'
         EOS padding and the tail alike)."""
         return self.tokenizer.decode(np.asarray(canvas))  # decode drops every special id
 
+    def prompt_ids(self, item: EditItem) -> list[int]:
+        """The head's tokens: ``instruction`` and BOS with the twin (the old function follows in
+        the twin), else ``instruction "\n" before`` and BOS as for the text formats."""
+        if not self.twin:
+            return super().prompt_ids(item)
+        return self.tokenizer.encode(item.instruction) + [self.tokenizer.bos_id]
+
     def source_row(self, item: EditItem):
-        """(left-padded prompt [prompt_len], source Layout) of an item, or the prompt's token
-        count when the prompt or the old lines do not fit."""
+        """(left-padded head [head_len], source Layout) of an item, or the head's token count
+        when the head or the old lines do not fit (the prompt is :meth:`prompt_of` the two)."""
         p = self.prompt_ids(item)
-        lay = self.layout(item.before) if len(p) <= self.prompt_len else None
+        lay = self.layout(item.before) if len(p) <= self.head_len else None
         if lay is None:
             return len(p)
-        prompt = np.full(self.prompt_len, self.tokenizer.pad_id, np.int32)
-        prompt[self.prompt_len - len(p):] = p
-        return prompt, lay
+        head = np.full(self.head_len, self.tokenizer.pad_id, np.int32)
+        head[self.head_len - len(p):] = p
+        return head, lay
 
     # -- the trainer's protocol --------------------------------------------------------------
     def encode(self, item: EditItem, target: bool = True) -> Encoded:
@@ -195,22 +248,22 @@ class NativeBatches(EditBatches):
         row = self.source_row(item)
         if isinstance(row, int):
             return Encoded(None, None, row, 0)
-        prompt, lay = row
-        n_prompt = int((prompt != self.tokenizer.pad_id).sum())  # the prompt never holds [PAD]
+        head, lay = row
+        n_prompt = int((head != self.tokenizer.pad_id).sum())  # the head never holds [PAD]
+        source = np.concatenate([self.prompt_of(head, lay), lay.source])  # the locate row
         if not target:
-            tokens = np.concatenate([prompt, lay.source])
-            return Encoded(tokens, None, n_prompt, 0)
+            return Encoded(source, None, n_prompt, 0)
         flags, content = align_lines(item.before, item.after)
         ec = self.edit_canvas(lay, flags, content)
         if ec is None:
             return Encoded(None, None, n_prompt, self.target_len + 1)
         canvas, known = ec
-        head = np.ones(self.prompt_len, bool)
-        enc = Encoded(np.concatenate([prompt, canvas]), np.concatenate([head, known]), n_prompt,
-                      int((~known).sum()))
+        clean = np.ones(self.prompt_len, bool)
+        enc = Encoded(np.concatenate([self.prompt_of(head, lay, flags), canvas]),
+                      np.concatenate([clean, known]), n_prompt, int((~known).sum()))
         canvas_start = np.zeros(self.prompt_len, bool)
-        enc.extra = {"source": np.concatenate([prompt, lay.source]),
-                     "source_cond": np.concatenate([head, np.zeros(self.target_len, bool)]),
+        enc.extra = {"source": source,
+                     "source_cond": np.concatenate([clean, np.zeros(self.target_len, bool)]),
                      "rewrite": np.concatenate([canvas_start, self.flag_positions(lay, flags)])}
         return enc
 
@@ -229,7 +282,7 @@ class NativeBatches(EditBatches):
         return sum(self._val[j].target_tokens for j in rows) / sum(self._val_bytes[j] for j in rows)
 
     def describe(self) -> dict:
-        return {**super().describe(), "native_slack": self.slack}
+        return {**super().describe(), "native_slack": self.slack, "native_twin": self.twin}
 
     def make_eval_extra(self, *, graphdef, objective, layout):
         """``val_edit_em`` at every evaluation, decoded natively (:class:`NativeExactMatch`)."""
@@ -271,13 +324,13 @@ def native_decoder(run, sampler, oracle: bool = False):
         row = src.source_row(item)
         if isinstance(row, int):
             return None, 0, 0.0
-        prompt, lay = row
+        head, lay = row
         t0 = time.perf_counter()
         nfe = 0
         if oracle:
             flags = align_lines(item.before, item.after)[0]
         else:
-            x = jnp.asarray(np.concatenate([prompt, lay.source])[None, :])
+            x = jnp.asarray(np.concatenate([src.prompt_of(head, lay), lay.source])[None, :])
             flags = src.line_flags(lay, np.asarray(locate_c(params, x)))
             nfe = 1
         if not any(flags):
@@ -285,7 +338,7 @@ def native_decoder(run, sampler, oracle: bool = False):
         ec = src.edit_canvas(lay, flags, fill_id=mask_id)
         if ec is None:  # the slots overflow the canvas: a failed edit, decided without a forward
             return "", nfe, time.perf_counter() - t0
-        z = jnp.asarray(np.concatenate([prompt, ec[0]])[None, :])
+        z = jnp.asarray(np.concatenate([src.prompt_of(head, lay, flags), ec[0]])[None, :])
         tokens, n = jax.block_until_ready(fill_c(params, key, z))
         out = src.decode_canvas(np.asarray(tokens)[0, p_len:])
         return out, nfe + int(n), time.perf_counter() - t0

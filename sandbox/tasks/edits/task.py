@@ -232,6 +232,7 @@ class EditsTask:
     prompt_len: int = 128
     target_len: int = 128
     native_slack: int = 16  # format=native: extra positions of a rewritten line's slot
+    native_twin: bool = True  # format=native: the prompt ends with the old lines in the canvas's geometry
     em_items: int = 32  # val items whose exact match each evaluation logs (0: none)
     name = "stdlib_edits"
     conditional = True
@@ -245,6 +246,8 @@ class EditsTask:
             v = getattr(self, f)
             if not isinstance(v, int) or v < 2:
                 raise UserError(f"data.{f}: must be an integer >= 2, got {v!r}")
+        if not isinstance(self.native_twin, bool):
+            raise UserError(f"data.native_twin: must be true or false, got {self.native_twin!r}")
         if not isinstance(self.em_items, int) or isinstance(self.em_items, bool) or self.em_items < 0:
             raise UserError(f"data.em_items: must be an integer >= 0 (0: no exact match during training), "
                             f"got {self.em_items!r}")
@@ -260,5 +263,6 @@ class EditsTask:
         args = (data, tokenizer, self.format, kinds, tiers, self.prompt_len, self.target_len)
         if self.format == NATIVE:  # the edit-native canvas has its own layout (sandbox.tasks.edits.native)
             from sandbox.tasks.edits.native import NativeBatches
-            return NativeBatches(*args, slack=self.native_slack, em_items=self.em_items)
+            return NativeBatches(*args, slack=self.native_slack, twin=self.native_twin,
+                                 em_items=self.em_items)
         return EditBatches(*args, em_items=self.em_items)
