@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := runs/demo
+DEMO_EDITS := 'kinds=[delete_stmt,swap_op]' max_per_kind=16 progress=false
 
 .PHONY: setup demo test test-all lint bench bench-train bench-gen report clean gpu-check
 
@@ -22,11 +23,13 @@ demo: $(STAMP)
 	@# samples and speed of the two models (~2 min); skipped once a finished one exists
 	@ls $(DEMO)/bench/gen-*/summary.json >/dev/null 2>&1 || $(BIN)/python -m sandbox.bench gen --demo \
 		--quality --ar-run $(DEMO)/ar --mdm-run $(DEMO)/mdlm --out $(DEMO)/bench
-	@# code edits (~4 min): both objectives on data=stdlib_edits, a few items per edit kind
-	$(BIN)/python -m sandbox.train experiment=edits_demo objective=ar hydra.run.dir=$(DEMO)/edits_ar
-	$(BIN)/python -m sandbox.train experiment=edits_demo objective=mdlm hydra.run.dir=$(DEMO)/edits_mdlm
-	@for r in edits_ar edits_mdlm; do test -f $(DEMO)/$$r/eval_edits.jsonl || $(BIN)/python -m sandbox.evaluate \
-		eval=edits run_dir=$(DEMO)/$$r max_per_kind=4 'variants=[canvas,oracle_positions]' progress=false || exit 1; done
+	@# code edits (~7 min): AR and edit-native diffusion, 300 steps each on deletions and operator swaps
+	$(BIN)/python -m sandbox.train experiment=edits_demo hydra.run.dir=$(DEMO)/edits_ar
+	$(BIN)/python -m sandbox.train experiment=edits_demo_native hydra.run.dir=$(DEMO)/edits_native
+	@test -f $(DEMO)/edits_ar/eval_edits.jsonl || $(BIN)/python -m sandbox.evaluate eval=edits \
+		run_dir=$(DEMO)/edits_ar $(DEMO_EDITS)
+	@test -f $(DEMO)/edits_native/eval_edits.jsonl || $(BIN)/python -m sandbox.evaluate eval=edits \
+		run_dir=$(DEMO)/edits_native $(DEMO_EDITS) 'variants=[native,native_oracle_lines]'
 	$(BIN)/python -m analysis.report 'runs_glob=$(DEMO)/*' out=$(DEMO) 'title=Demo: AR vs MDLM on stdlib_code'
 	@echo "report: $(DEMO)/report.md"
 

@@ -95,8 +95,9 @@ class EditBatches:
     fields = ("cond",)  # the batch's keys besides "tokens" (an objective must accept them)
 
     def __init__(self, data: EditsData, tokenizer, fmt: str, kinds: tuple[str, ...], tiers: tuple[str, ...],
-                 prompt_len: int, target_len: int, em_items: int = 0):
+                 prompt_len: int, target_len: int, em_items: int = 0, augment_renames: int = 0):
         self.data, self.tokenizer, self.format = data, tokenizer, fmt
+        self.augment_renames = augment_renames  # renames of a training function before its edit
         self.em_items = int(em_items)  # val items of the exact match at each evaluation (0: off)
         self.kinds, self.tiers = kinds, tiers
         self.prompt_len, self.target_len = prompt_len, target_len
@@ -161,7 +162,8 @@ class EditBatches:
 
     def _sampler(self, seed: int):
         if seed not in self._samplers:
-            self._samplers[seed] = self.data.sampler(seed, self.kinds, self.tiers)
+            self._samplers[seed] = self.data.sampler(seed, self.kinds, self.tiers,
+                                                     augment_renames=self.augment_renames)
         return self._samplers[seed]
 
     def train_batch(self, *, seed: int, step: int, batch_size: int, process_index: int = 0,
@@ -234,6 +236,7 @@ class EditsTask:
     native_slack: int = 16  # format=native: extra positions of a rewritten line's slot
     native_twin: bool = True  # format=native: the prompt ends with the old lines in the canvas's geometry
     em_items: int = 32  # val items whose exact match each evaluation logs (0: none)
+    augment_renames: int = 0  # renames of a training function before its edit (EditSampler)
     name = "stdlib_edits"
     conditional = True
 
@@ -246,6 +249,10 @@ class EditsTask:
             v = getattr(self, f)
             if not isinstance(v, int) or v < 2:
                 raise UserError(f"data.{f}: must be an integer >= 2, got {v!r}")
+        if not isinstance(self.augment_renames, int) or isinstance(self.augment_renames, bool) \
+                or self.augment_renames < 0:
+            raise UserError(f"data.augment_renames: must be an integer >= 0 (0: off), "
+                            f"got {self.augment_renames!r}")
         if not isinstance(self.native_twin, bool):
             raise UserError(f"data.native_twin: must be true or false, got {self.native_twin!r}")
         if not isinstance(self.em_items, int) or isinstance(self.em_items, bool) or self.em_items < 0:
@@ -261,8 +268,8 @@ class EditsTask:
             digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
             tokenizer.train(texts, Path(cache_dir).expanduser(), f"stdlib_edits-{digest}")
         args = (data, tokenizer, self.format, kinds, tiers, self.prompt_len, self.target_len)
+        kw = {"em_items": self.em_items, "augment_renames": self.augment_renames}
         if self.format == NATIVE:  # the edit-native canvas has its own layout (sandbox.tasks.edits.native)
             from sandbox.tasks.edits.native import NativeBatches
-            return NativeBatches(*args, slack=self.native_slack, twin=self.native_twin,
-                                 em_items=self.em_items)
-        return EditBatches(*args, em_items=self.em_items)
+            return NativeBatches(*args, slack=self.native_slack, twin=self.native_twin, **kw)
+        return EditBatches(*args, **kw)
