@@ -145,6 +145,13 @@ def _by_tier(functions: Sequence[Function], tiers: tuple[str, ...]) -> list[Func
     return [f for f in functions if f.tier in tiers]
 
 
+def check_augment_renames(n) -> int:
+    """``data.augment_renames`` (see :class:`EditSampler`), or a one-line refusal."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise UserError(f"data.augment_renames: must be an integer >= 0 (0: off), got {n!r}")
+    return n
+
+
 class EditSampler:
     """Training items as a pure function of ``(seed, index)`` (see the module docstring).
 
@@ -164,10 +171,7 @@ class EditSampler:
                  kinds: Iterable[str] | None = None, tiers: Iterable[str] | None = None,
                  names: str = "train", weights: dict[str, float] | None = None, split: str = "train",
                  augment_renames: int = 0):
-        if not isinstance(augment_renames, int) or isinstance(augment_renames, bool) or augment_renames < 0:
-            raise UserError(f"data.augment_renames: must be an integer >= 0 (0: off), "
-                            f"got {augment_renames!r}")
-        self.augment_renames = augment_renames
+        self.augment_renames = check_augment_renames(augment_renames)
         self.kinds = check_kinds(kinds)
         self.tiers = check_tiers(tiers)
         self.functions = _by_tier(functions, self.tiers)

@@ -127,16 +127,16 @@ class NativeBatches(EditBatches):
     fields = ("cond", "source", "source_cond", "rewrite")
     score_format = "whole"
 
-    def __init__(self, *args, slack: int = 16, twin: bool = True, **kw):
+    def __init__(self, data, tokenizer, fmt, kinds, tiers, prompt_len: int, target_len: int, *,
+                 slack: int = 16, twin: bool = True, **kw):
         self.slack, self.twin = int(slack), bool(twin)
-        prompt_len, target_len = args[5], args[6]
         # the instruction's share of the prompt: all of it, or what the twin leaves
         self.head_len = prompt_len - target_len if self.twin else prompt_len
         if self.head_len < 2:
             raise UserError(f"data.prompt_len={prompt_len} must exceed data.target_len={target_len} by at "
                             "least 2 with data.native_twin=true (the prompt holds the instruction and a "
                             "target_len copy of the old function); raise data.prompt_len")
-        super().__init__(*args, **kw)
+        super().__init__(data, tokenizer, fmt, kinds, tiers, prompt_len, target_len, **kw)
         self.manifest["native_slack"] = self.slack
         self.manifest["native_twin"] = self.twin
 

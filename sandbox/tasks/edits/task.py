@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from sandbox.core.errors import UserError
-from sandbox.tasks.edits.dataset import EditItem, EditsData, StdlibEdits
+from sandbox.tasks.edits.dataset import EditItem, EditsData, StdlibEdits, check_augment_renames
 from sandbox.tasks.edits.extract import check_tiers
 from sandbox.tasks.edits.formats import FORMATS, render
 from sandbox.tasks.edits.kinds import SINGLE_KINDS, check_kinds
@@ -249,10 +249,7 @@ class EditsTask:
             v = getattr(self, f)
             if not isinstance(v, int) or v < 2:
                 raise UserError(f"data.{f}: must be an integer >= 2, got {v!r}")
-        if not isinstance(self.augment_renames, int) or isinstance(self.augment_renames, bool) \
-                or self.augment_renames < 0:
-            raise UserError(f"data.augment_renames: must be an integer >= 0 (0: off), "
-                            f"got {self.augment_renames!r}")
+        check_augment_renames(self.augment_renames)
         if not isinstance(self.native_twin, bool):
             raise UserError(f"data.native_twin: must be true or false, got {self.native_twin!r}")
         if not isinstance(self.em_items, int) or isinstance(self.em_items, bool) or self.em_items < 0:
