@@ -100,9 +100,16 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 # --- plots -----------------------------------------------------------------------------------
+def _group(r: dict) -> str:
+    """The Pareto group of a row: its sampler label, apart for each approximate block cache
+    (``sampler.cache``), so a cached sampler's front is drawn beside the exact one."""
+    cache = (r.get("settings") or {}).get("cache", "none")
+    return r["label"] if cache in (None, "none") else f"{r['label']}+{cache}"
+
+
 def _colors(bench: dict) -> dict:
-    """Sampler label -> colour, one palette over the labels of this benchmark."""
-    return label_colors(r["label"] for r in bench["rows"])
+    """Pareto group -> colour, one palette over the groups of this benchmark."""
+    return label_colors([r["label"] for r in bench["rows"]] + [_group(r) for r in bench["rows"]])
 
 
 def _base_length(bench: dict) -> int | None:
@@ -146,7 +153,7 @@ def plot_quality(bench: dict, out: Path, prefix: str) -> tuple[list[str], str]:
 def _scatter_fronts(ax, items, colors: dict, marker_by_batch: bool = False):
     groups: dict[str, list] = {}
     for r, x, y in items:
-        groups.setdefault(r["label"], []).append((r, x, y))
+        groups.setdefault(_group(r), []).append((r, x, y))
     for name, g in sorted(groups.items()):
         c = colors[name]
         for r, x, y in g:

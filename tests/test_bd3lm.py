@@ -174,8 +174,12 @@ class _FullForward:
         return jax.lax.dynamic_update_slice_in_dim(cache, kv, start, axis=1)
 
 
-@pytest.mark.parametrize("inner", [Ancestral(steps=4), TopKConfidence(steps=2), Threshold(tau=0.5),
-                                   FirstHitting()], ids=lambda s: s.name)
+_SLOW = pytest.mark.slow  # one compile per case: two of the four inner samplers run with -m slow
+
+
+@pytest.mark.parametrize("inner", [Ancestral(steps=4), pytest.param(TopKConfidence(steps=2), marks=_SLOW),
+                                   Threshold(tau=0.5), pytest.param(FirstHitting(), marks=_SLOW)],
+                         ids=lambda s: s.name)
 def test_sampler_with_the_kv_cache_matches_the_training_forward(inner):
     model = _model()
     s = BD3LMSampler(block_size=4, inner=inner, stop_at_eos=False).bind(TOK)

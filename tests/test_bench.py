@@ -27,6 +27,7 @@ def test_matmul_peak_positive():
     _positive_finite({"g": peak.measure_matmul_peak(n=128, repeats=2)}, ["g"])
 
 
+@pytest.mark.slow  # ~12 s on 2 cores: the default suite's budget (the CLI's parts are tested apart)
 def test_cli_train_writes_results(tmp_path, capsys):
     out = cli.main(["train", "--models", "tiny", "--objectives", "mdlm", "--attention", "xla",
                       "--batch", "4", "--seq", "16", "--steps", "2", "--nnx-steps", "2", "--peak-n", "128",

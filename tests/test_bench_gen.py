@@ -143,6 +143,22 @@ def test_bd3lm_points_time_block_diffusion_with_its_cache(tmp_path):
         assert row["nfe"] >= 16 // bs + 1 and row["family"] == "bd3lm"
 
 
+def test_block_sweep_times_the_approximate_caches_beside_none(tmp_path):
+    r = cli.main(["gen", "--samplers", "mdm_threshold", "--lengths", "8", "--length", "8", "--batches", "1",
+                  "--taus", "0.9", "--blocks", "4", "--caches", "prefix,dual", "--repeats", "1",
+                  "--max-seconds", "0", "--fwd-repeats", "1", "--out", str(tmp_path), *OVR])
+    block = {x["settings"].get("cache", "none"): x for x in r["rows"] if "block" in x["sweeps"]}
+    assert set(block) == {"none", "prefix", "dual"}
+    assert "dual cache" in block["dual"]["settings_text"]
+    for row in block.values():
+        assert row["recomputed_tokens"] <= row["nfe"] * 8
+    assert block["none"]["recomputed_tokens"] == block["none"]["nfe"] * 8
+    # a random model reveals about one token a call: 4 calls a block, so a refresh pays
+    assert block["dual"]["recomputed_tokens"] < block["none"]["recomputed_tokens"]
+    with pytest.raises(SystemExit):
+        cli.main(["gen", "--caches", "triple", "--out", str(tmp_path), *OVR])
+
+
 def test_bd3lm_cost_prediction_counts_block_calls_not_full_forwards():
     from sandbox.samplers import BD3LMSampler
     from sandbox.samplers.mdm import Ancestral

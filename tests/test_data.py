@@ -239,6 +239,32 @@ def test_bpe_train_round_trip_and_cache(tmp_path, monkeypatch):
         BPETokenizer(vocab_size=100).train([], tmp_path, "x")
 
 
+def test_bpe_words_gives_an_identifier_one_spelling(tmp_path):
+    """Under gpt2 pre-splitting ` krill` (after a space) and `krill` (after a backtick) are
+    different pieces; under `words` both are the same ids, and the text still round-trips."""
+    code = ["def f(self, krill_count, x):\n    return self.data > krill_count + x\n"] * 20
+    code += ["def g(a, b):\n    krill_total = a % b\n    return (krill_total, a)\n"] * 20
+    gpt2 = BPETokenizer(vocab_size=320, min_frequency=1)
+    gpt2.train(code + _fixture_texts(), tmp_path, "h")
+    words = BPETokenizer(vocab_size=320, min_frequency=1, pretokenize="words")
+    words.train(code + _fixture_texts(), tmp_path, "h")
+    assert words.fingerprint() != gpt2.fingerprint()
+    assert len(list((tmp_path / "tokenizers").glob("*.json"))) == 2  # cached apart
+
+    def spellings(tok):
+        name = tok.encode("krill_count")
+        return [any(ids[i:i + len(name)] == name for i in range(len(ids)))
+                for ids in (tok.encode("rename `krill_count`"), tok.encode("(self, krill_count)"),
+                            tok.encode("(krill_count)"))]
+
+    assert spellings(words) == [True, True, True]
+    assert not all(spellings(gpt2))  # the failure `words` exists for
+    for s in SAMPLES + code[:1] + _fixture_texts():
+        assert words.decode(words.encode(s)) == s
+    with pytest.raises(UserError, match="tokenizer.pretokenize"):
+        BPETokenizer(pretokenize="spaces").train([], tmp_path, "x")
+
+
 # ----------------------------------------------------------------------------- prepare
 
 

@@ -58,3 +58,17 @@ def test_augment_renames_refuses_a_bad_value(sandbox_cache):
     task = EditsTask(source=SOURCE, tiers=("micro",), prompt_len=384, target_len=320, augment_renames=-1)
     with pytest.raises(UserError, match="data.augment_renames: must be an integer >= 0"):
         task.batch_source(None, sandbox_cache, progress=False)
+
+
+def test_kind_weights_set_the_training_mix(sandbox_cache):
+    from sandbox.data.tokenizers import ByteTokenizer
+
+    task = EditsTask(source=SOURCE, kinds=("rename", "swap_op"), tiers=("micro",), prompt_len=384,
+                     target_len=320, kind_weights={"swap_op": 0}, em_items=0)
+    src = task.batch_source(ByteTokenizer(), sandbox_cache, progress=False)
+    assert {src._sampler(0)[i].kind for i in range(12)} == {"rename"}
+    for bad in ({"delete_stmt": 1.0}, {"rename": -1}):
+        task = EditsTask(source=SOURCE, kinds=("rename", "swap_op"), tiers=("micro",), prompt_len=384,
+                         target_len=320, kind_weights=bad)
+        with pytest.raises(UserError, match="data.kind_weights"):
+            task.batch_source(None, sandbox_cache, progress=False)

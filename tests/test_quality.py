@@ -77,6 +77,16 @@ def test_sample_quality_keys_and_inputs():
     assert ragged["ast_parse_rate"] == 0.5 and ragged["unigram_entropy"] == pytest.approx(0.5)
 
 
+def test_eos_flood_counts_early_ends_and_padding():
+    eos = 9
+    tokens = np.array([[1, 2, 3, 4], [1, eos, eos, eos], [eos, 1, 2, 3]])
+    q = sample_quality(["", "", ""], tokens, eos_id=eos)
+    assert q["eos_ended"] == pytest.approx(2 / 3)
+    assert q["eos_first_frac"] == pytest.approx((1.0 + 0.25 + 0.0) / 3)
+    assert q["eos_share"] == pytest.approx(4 / 12)
+    assert "eos_ended" not in sample_quality([""], tokens[:1])
+
+
 def test_long_samples_are_cut_into_judge_windows():
     tokens, valid = _windows([np.arange(5), np.arange(2)], window=2, pad_id=0)
     assert tokens.shape == (4, 2)

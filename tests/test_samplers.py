@@ -14,7 +14,15 @@ import sandbox.samplers.ar as ar_mod
 import sandbox.samplers.mdm as mdm_mod
 from sandbox.core.errors import UserError
 from sandbox.models.transformer import Transformer
-from sandbox.samplers import Ancestral, ARSampler, FirstHitting, Threshold, TopKConfidence, compile_sampler
+from sandbox.samplers import (
+    Ancestral,
+    ARSampler,
+    FirstHitting,
+    ReMDM,
+    Threshold,
+    TopKConfidence,
+    compile_sampler,
+)
 from sandbox.samplers.categorical import filter_logits, sample
 
 
@@ -121,9 +129,11 @@ def test_each_sampler_uses_the_shared_categorical_with_its_precision(monkeypatch
 
 
 # --- output contracts ----------------------------------------------------------------------------
-MDM = [Ancestral(steps=13), Ancestral(steps=8, block_size=5, grid="cosine"), FirstHitting(),
-       FirstHitting(block_size=4), TopKConfidence(steps=13), TopKConfidence(steps=6, block_size=5),
-       Threshold(tau=0.8), Threshold(tau=0.95, block_size=7)]
+_SLOW = pytest.mark.slow  # one compile per case (~5 s on 2 cores): the one-block twins run with -m slow
+MDM = [pytest.param(Ancestral(steps=13), marks=_SLOW), Ancestral(steps=8, block_size=5, grid="cosine"),
+       pytest.param(FirstHitting(), marks=_SLOW), FirstHitting(block_size=4),
+       pytest.param(TopKConfidence(steps=13), marks=_SLOW), TopKConfidence(steps=6, block_size=5),
+       Threshold(tau=0.8), Threshold(tau=0.95, block_size=7), ReMDM(steps=8, eta=0.5, t_on=1.0)]
 
 
 @pytest.fixture(scope="module")
@@ -190,11 +200,13 @@ class _Table:
         return jnp.broadcast_to(self.table, tokens.shape + self.table.shape[-1:])
 
 
-@pytest.mark.parametrize("s", [Ancestral(steps=3), FirstHitting(), Ancestral(steps=4, block_size=2)],
-                         ids=["ancestral", "first_hitting", "ancestral-blocks"])
+@pytest.mark.parametrize("s", [Ancestral(steps=3), FirstHitting(), Ancestral(steps=4, block_size=2),
+                               ReMDM(steps=6, eta=0.5, t_on=1.0)],
+                         ids=["ancestral", "first_hitting", "ancestral-blocks", "remask"])
 def test_context_free_model_gives_its_marginals(s):
-    """With logits independent of the canvas, ancestral and first-hitting sampling must
-    draw each position from exactly the model's distribution (the SUBS mask logit aside)."""
+    """With logits independent of the canvas, ancestral, first-hitting and remasking sampling
+    must draw each position from exactly the model's distribution (the SUBS mask logit aside):
+    ReMDM's remasking keeps MDLM's marginals (Wang et al. 2025, eq. 6)."""
     rng = np.random.default_rng(0)
     n_real = 8  # ids 8..11 are PAD, EOS, MASK, BOS
     table = np.log(rng.dirichlet(np.ones(n_real), size=4))
@@ -321,8 +333,9 @@ def test_greedy_precision_is_the_argmax_and_ignores_the_key():
 
 
 # --- masked-diffusion infill from a partly known canvas ---------------------------------------
-INFILL = [Ancestral(steps=8), FirstHitting(block_size=4), TopKConfidence(steps=6, block_size=5),
-          Threshold(tau=0.9, block_size=7)]
+INFILL = [Ancestral(steps=8), pytest.param(FirstHitting(block_size=4), marks=_SLOW),
+          pytest.param(TopKConfidence(steps=6, block_size=5), marks=_SLOW),
+          Threshold(tau=0.9, block_size=7), ReMDM(steps=8, eta=1.0, t_on=1.0, block_size=5)]
 INFILL_PROMPT = jnp.array([[1, 2, 3], [4, 5, 6], [7, 1, 2]], jnp.int32)
 INFILL_LEN = 16
 
@@ -378,6 +391,83 @@ def test_infill_of_a_fully_known_canvas_is_a_no_op(tiny, infill_fns, s):
     toks, nfe = infill_fns(s.bind(Tok))(p, jax.random.PRNGKey(6), z)
     assert (np.asarray(toks) == np.asarray(z)).all()
     assert int(nfe) == 0  # no block has a masked position: no model call at all
+
+
+def test_remask_without_remasking_is_the_ancestral_sampler(tiny):
+    """eta = 0: ReMDM's step is MDLM's ancestral step with the same random numbers."""
+    g, p = tiny
+    prompt = jnp.array([[1, 2, 3], [4, 5, 6]], jnp.int32)
+    for kw in ({"block_size": 4},):
+        a = compile_sampler(Ancestral(steps=8, **kw).bind(Tok), g, 16)(p, jax.random.PRNGKey(2), prompt)
+        r = compile_sampler(ReMDM(steps=8, eta=0.0, **kw).bind(Tok), g, 16)(p, jax.random.PRNGKey(2), prompt)
+        np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(r[0]))
+
+
+def test_remasking_changes_revealed_tokens_and_schedule_is_checked(tiny):
+    g, p = tiny
+    prompt = jnp.zeros((64, 0), jnp.int32)
+    a = compile_sampler(ReMDM(steps=12, eta=0.0).bind(Tok), g, 12)(p, jax.random.PRNGKey(4), prompt)
+    r = compile_sampler(ReMDM(steps=12, eta=1.0, t_on=1.0).bind(Tok), g, 12)(p, jax.random.PRNGKey(4), prompt)
+    assert (np.asarray(a[0]) != np.asarray(r[0])).any() and not (np.asarray(r[0]) == Tok.mask_id).any()
+    for f in ("eta", "t_on"):
+        with pytest.raises(UserError, match=f"sampler.{f}"):
+            ReMDM(steps=4, **{f: 1.5}).check(family="mdm", length=16, prompt_len=0)
+
+
+class _EosTable(_Table):
+    """Context-free logits where EOS is certain at position ``at`` and impossible elsewhere."""
+
+    def __init__(self, at: int, length: int):
+        table = np.zeros((length, Tok.vocab_size), np.float32)
+        table[:, Tok.eos_id] = -1e4
+        table[at, :] = -1e4
+        table[at, Tok.eos_id] = 0.0
+        super().__init__(jnp.asarray(table))
+
+
+@pytest.mark.parametrize("s", [Threshold(tau=0.9, block_size=4), Ancestral(steps=8, block_size=4),
+                               Threshold(tau=0.9, block_size=4, cache="dual")],
+                         ids=["threshold", "ancestral", "dual"])
+def test_stop_at_eos_skips_later_blocks_and_pads_with_eos(s):
+    """EOS certain at position 5 (block 1 of 4): blocks 2 and 3 are never generated, every row
+    ends in EOS from position 5 on, and the NFE is that of two blocks."""
+    model = _EosTable(5, 16)
+    if s.cache != "none":  # the dual cache needs decode_block: a real model, EOS forced in its logits
+        model = _ForcedEos(_model(), 5)
+    s = s.bind(Tok)
+    prompt = jnp.zeros((3, 0), jnp.int32)
+    stop = s.replace(stop_at_eos=True)
+    stop.check(family="mdm", length=16, prompt_len=0)
+    toks, nfe = jax.jit(lambda k: stop.generate(model, k, prompt, 16))(jax.random.PRNGKey(0))
+    toks = np.asarray(toks)
+    assert (toks[:, 5:] == Tok.eos_id).all() and not (toks[:, :5] == Tok.eos_id).any()
+    assert not (toks == Tok.mask_id).any()
+    # two blocks: <= 4 calls each (threshold, + 1 refresh with the cache) or 8 steps / 4 blocks
+    per_block = 2 if isinstance(s, Ancestral) else 4 + (s.cache != "none")
+    assert 2 <= int(nfe) <= 2 * per_block
+    with pytest.raises(UserError, match="sampler.block_size"):
+        Threshold(stop_at_eos=True).check(family="mdm", length=16, prompt_len=0)
+
+
+class _ForcedEos:
+    """A real backbone (decode_block and all) whose EOS logit is +1e4 at position ``at`` and
+    -1e4 elsewhere, on the full forward and on decode_block."""
+
+    def __init__(self, model, at):
+        self.m, self.at = model, at
+        self.vocab_size = model.vocab_size
+        self.init_cache = model.init_cache
+
+    def _force(self, logits, first):
+        pos = first + jnp.arange(logits.shape[1])
+        return logits.at[..., Tok.eos_id].set(jnp.where(pos == self.at, 1e4, -1e4)[None, :])
+
+    def __call__(self, tokens, **kw):
+        return self._force(self.m(tokens, **kw), 0)
+
+    def decode_block(self, tokens, cache, start, around=False):
+        logits, kv = self.m.decode_block(tokens, cache, start, around=around)
+        return self._force(logits, start), kv
 
 
 # --- AR early stop at EOS --------------------------------------------------------------------------

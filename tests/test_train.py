@@ -220,6 +220,7 @@ def test_bad_input_gives_one_line_and_no_run_folder(case, sandbox_cache, tmp_pat
 # ----------------------------------------------------------------------------- multirun
 
 
+@pytest.mark.slow  # ~9 s on 2 cores: Hydra's multirun launcher over two objectives
 def test_multirun_sweeps_objectives(sandbox_cache, tmp_path):
     sweep = tmp_path / "sweep"
     tiny = [o for o in TINY if not o.startswith(("train.steps", "train.eval_every", "train.ckpt_every"))]

@@ -91,6 +91,8 @@ def add_arguments(p) -> None:
     p.add_argument("--length-div", type=int, default=None,
                    help="ancestral steps in the length and batch sweeps = generated / this (8)")
     p.add_argument("--blocks", default=None, help="semi-AR block sizes of the block sweep (16,32,64; '')")
+    p.add_argument("--caches", default=None,
+                   help="approximate block caches timed beside none in the block sweep (prefix,dual; '')")
     p.add_argument("--bd3lm-blocks", default=None,
                    help="bd3lm block sizes (4,16,64); ancestral inside, block/--length-div steps per block")
     p.add_argument("--prompt-len", type=int, default=None, help="random prompt tokens before the output (0)")
@@ -144,6 +146,10 @@ def resolve(args) -> argparse.Namespace:
     o.blocks = int_list(o.blocks, "--blocks", 1)
     o.bd3lm_blocks = int_list(o.bd3lm_blocks, "--bd3lm-blocks", 1)
     o.taus = float_list(o.taus, "--taus")
+    o.caches = csv_list(o.caches)
+    bad = [c for c in o.caches if c not in ("none", "prefix", "dual")]
+    if bad:
+        raise UserError(f"--caches: unknown '{','.join(bad)}' (choose from prefix,dual)")
     if not o.lengths or not o.batches:
         raise UserError("--lengths and --batches must each name at least one value")
     for t in [*o.taus, o.tau]:

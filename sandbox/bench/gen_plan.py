@@ -38,10 +38,18 @@ from sandbox.core.build import build, compose
 from sandbox.core.cli import CONF_DIR, instantiate
 from sandbox.core.errors import UserError
 from sandbox.data.tokenizers import ByteTokenizer
-from sandbox.samplers import Ancestral, ARSampler, BD3LMSampler, FirstHitting, Threshold, TopKConfidence
+from sandbox.samplers import (
+    Ancestral,
+    ARSampler,
+    BD3LMSampler,
+    FirstHitting,
+    ReMDM,
+    Threshold,
+    TopKConfidence,
+)
 
 SAMPLERS = ("ar", "ar_nocache", "mdm_ancestral", "mdm_topk_confidence", "mdm_first_hitting",
-            "mdm_threshold", "bd3lm")
+            "mdm_threshold", "mdm_remask", "bd3lm")
 FAMILY_OF = ({"ar": "ar", "ar_nocache": "ar", "bd3lm": "bd3lm"}
              | {s: "mdm" for s in SAMPLERS if s.startswith("mdm")})
 
@@ -56,7 +64,8 @@ PRESETS = {
 }
 DEFAULTS = dict(samplers=",".join(SAMPLERS), lengths="64,128,256,512", length=128, batches="1,32",
                 taus="0.7,0.8,0.9,0.95", tau=0.9, steps_div="16,8,4,2,1", steps_batches="1",
-                length_div=8, blocks="16,32,64", bd3lm_blocks="4,16,64", nocache_tokens=64, prompt_len=0,
+                length_div=8, blocks="16,32,64", caches="prefix,dual", bd3lm_blocks="4,16,64",
+                nocache_tokens=64, prompt_len=0,
                 warmup=1, repeats=5,
                 max_seconds=2.0, fwd_repeats=3, max_call_s=20.0, quality_samples=32,
                 quality_seconds=30.0)
@@ -133,11 +142,15 @@ def describe_settings(kind: str, s) -> str:
             out.append(f"steps={s.steps}")
         if kind == "mdm_threshold":
             out.append(f"tau={s.tau:g}")
+        if kind == "mdm_remask":
+            out.append(f"eta={s.eta:g} t_on={s.t_on:g}")
         if s.block_size:
             out.append(f"block={s.block_size}")
         if s.grid != "uniform" and getattr(s, "uses_steps", False):
             out.append(f"grid={s.grid}")
         out += [f"T={s.temperature:g}"] if s.temperature != 1 else []
+        if getattr(s, "cache", "none") != "none":
+            out.append(f"{s.cache} cache")
         if getattr(s, "prompt_attention", "full") == "self":
             out.append("prompt cache" if s.prompt_cache else "prompt self, no cache")
     return " ".join(out) or "-"
@@ -226,11 +239,17 @@ def plan(o, subjects: dict[str, Subject]) -> list[Point]:
             add("batch", "mdm_ancestral", Ancestral(steps=max(1, g0 // o.length_div)), b, L0)
         for bs in blocks:
             n_blocks = -(-g0 // bs)
-            add("block", "mdm_ancestral", Ancestral(steps=max(n_blocks, g0 // 4), block_size=bs), 1, L0)
+            for c in _caches(o, g0, bs):
+                add("block", "mdm_ancestral", Ancestral(steps=max(n_blocks, g0 // 4), block_size=bs, cache=c),
+                    1, L0)
     if "mdm_topk_confidence" in S:
         for b in step_batches:
             for s in steps0:
                 add("steps", "mdm_topk_confidence", TopKConfidence(steps=s), b, L0)
+    if "mdm_remask" in S:
+        for b in step_batches:
+            for s in steps0:
+                add("steps", "mdm_remask", ReMDM(steps=s), b, L0)
     if "mdm_first_hitting" in S:
         add("steps", "mdm_first_hitting", FirstHitting(), 1, L0)
     if "bd3lm" in S:  # stop_at_eos off: every block is generated, so timings compare
@@ -250,5 +269,13 @@ def plan(o, subjects: dict[str, Subject]) -> list[Point]:
             for t in o.taus:
                 add("tau", "mdm_threshold", Threshold(tau=t), b, L0)
         for bs in blocks:
-            add("block", "mdm_threshold", Threshold(tau=o.tau, block_size=bs), 1, L0)
+            for b in sorted({1, max(o.batches)}):
+                for c in _caches(o, g0, bs):
+                    add("block", "mdm_threshold", Threshold(tau=o.tau, block_size=bs, cache=c), b, L0)
     return list(pts.values())
+
+
+def _caches(o, gen: int, block: int) -> list[str]:
+    """``none`` and, where the blocks tile the generated tokens, the approximate block caches
+    (``--caches``; samplers/mdm.py)."""
+    return ["none"] + ([c for c in getattr(o, "caches", ()) if c != "none"] if gen % block == 0 else [])

@@ -38,7 +38,7 @@ def collect(groups: dict, idx: int, p: Point, fn, outs: list) -> None:
                                             "length": p.length, "prompt_len": p.prompt_len,
                                             "points": [], "tokens": [], "fn": None, "batch": 0})
     g["points"].append(idx)
-    g["tokens"] += [np.asarray(t) for t, _ in outs]
+    g["tokens"] += [np.asarray(out[0]) for out in outs]  # (tokens, nfe[, recomputed])
     if p.batch > g["batch"]:  # top-ups use the largest batch's function
         g["fn"], g["batch"] = fn, p.batch
 
@@ -46,7 +46,7 @@ def collect(groups: dict, idx: int, p: Point, fn, outs: list) -> None:
 def score(subj, tokens: np.ndarray, prompt_len: int, judge) -> dict:
     gen = np.asarray(tokens)[:, prompt_len:]
     texts = [subj.tokenizer.decode(t) for t in gen]
-    return sample_quality(texts, gen, judge=judge, code=subj.code)
+    return sample_quality(texts, gen, judge=judge, code=subj.code, eos_id=subj.tokenizer.eos_id)
 
 
 def quality_pass(groups: dict, subjects, o, judge, res: Results, rows_by_point: dict) -> list[dict]:
@@ -60,7 +60,7 @@ def quality_pass(groups: dict, subjects, o, judge, res: Results, rows_by_point: 
         compiled, prompt, base, i = g["fn"]
         t_start = time.perf_counter()
         while n < o.quality_samples and time.perf_counter() - t_start < o.quality_seconds:
-            t, _ = jax.block_until_ready(compiled(subj.params, jax.random.fold_in(base, 10_000 + i), prompt))
+            t = jax.block_until_ready(compiled(subj.params, jax.random.fold_in(base, 10_000 + i), prompt))[0]
             i += 1
             toks.append(np.asarray(t))
             n += len(toks[-1])

@@ -130,13 +130,13 @@ def time_point(p: Point, subj: Subject, fwd: Forwards, o, idx: int) -> tuple[dic
     rng = np.random.default_rng(o.seed + idx)
     prompt = jnp.asarray(rng.integers(0, subj.tokenizer.n_text, (p.batch, p.prompt_len), dtype=np.int32))
     base = jax.random.PRNGKey(o.seed + idx)
-    fn = compile_sampler(p.sampler, subj.graphdef, p.length)
+    fn = compile_sampler(p.sampler, subj.graphdef, p.length, cost=True)
     t0 = time.perf_counter()
     compiled = fn.lower(subj.params, base, prompt).compile()
     compile_s = time.perf_counter() - t0
     seq = subj.forward_len(p.length)
     fwd.get(p.family, p.batch, seq)
-    outs, lat, nfes, fwd_times, loop_times = [], [], [], [], []
+    outs, lat, nfes, recs, fwd_times, loop_times = [], [], [], [], [], []
     for i in range(o.warmup):
         outs.append(jax.block_until_ready(compiled(subj.params, jax.random.fold_in(base, i), prompt)))
     i = o.warmup
@@ -146,6 +146,7 @@ def time_point(p: Point, subj: Subject, fwd: Forwards, o, idx: int) -> tuple[dic
         lat.append(time.perf_counter() - t0)
         outs.append(out)
         nfes.append(int(out[1]))
+        recs += [int(out[2])] if len(out) > 2 else []
         single, looped = fwd.time(p.family, p.batch, seq, o.fwd_repeats)
         fwd_times += single
         loop_times += looped
@@ -164,7 +165,9 @@ def time_point(p: Point, subj: Subject, fwd: Forwards, o, idx: int) -> tuple[dic
            "model_step": subj.step, "sampler": p.sampler.name, "label": p.kind,
            "settings": p.sampler.settings(), "settings_text": describe_settings(p.kind, p.sampler),
            "batch": p.batch, "length": p.length, "prompt_len": p.prompt_len, "generated": gen,
-           "nfe": nfe, "nfe_samples": nfes, "latency_s": latency, "latency_s_min": min(lat),
+           "nfe": nfe, "nfe_samples": nfes,
+           "recomputed_tokens": float(np.mean(recs)) if recs else None,
+           "latency_s": latency, "latency_s_min": min(lat),
            "latency_s_samples": [round(t, 6) for t in lat],
            "latency_per_seq_s": latency / p.batch, "latency_per_token_s": latency / gen,
            "tokens_per_s": p.batch * gen / latency, "tokens_per_forward": gen / nfe if nfe else None,

@@ -212,7 +212,8 @@ def _flat(d, prefix=""):
 # (data.native_twin: a native run saved before it had the first layout, which upgrade_config
 # writes into its config; for the other formats the setting has no effect)
 ADDED_WITH_DEFAULT = {"data.native_slack": 16, "objective.prompt_attention": "full", "data.native_twin": True,
-                      "data.augment_renames": 0}
+                      "data.augment_renames": 0, "tokenizer.pretokenize": "gpt2",
+                      "data.kind_weights": None}
 
 
 def check_same_run(cfg, run_dir: Path) -> None:

@@ -6,7 +6,8 @@ API (``sandbox.evaluate`` and the generation benchmark import these):
   judge: Judge | None = None, code: bool = False) -> dict`` with keys
   ``n_samples``, ``gen_ppl`` (None without a judge), ``unigram_entropy``,
   ``unigram_entropy_pooled``, ``distinct_1`` .. ``distinct_4``, ``ast_parse_rate`` and
-  ``ast_parse_rate_lines`` (both None unless ``code``). ``texts[i]`` is the decoded
+  ``ast_parse_rate_lines`` (both None unless ``code``), and with ``eos_id=`` the EOS flood
+  (``eos_ended``, ``eos_first_frac``, ``eos_share``). ``texts[i]`` is the decoded
   ``tokens[i]``; token statistics read ``tokens``, the parse rates read ``texts``.
 - ``load_judge(run_dir) -> Judge``: the EMA weights of a run trained with
   ``objective=ar`` (UserError otherwise), ready for ``gen_perplexity``. The default judge
@@ -40,7 +41,13 @@ statistics of real held-out text next to the samples' ones):
   lines has no block and counts as not parsed. The rule is a heuristic (a line inside a
   multi-line string can look outermost); held-out text scored by the same rule is the
   reference.
+- ``eos_ended``, ``eos_first_frac``, ``eos_share`` (with ``eos_id=``): the EOS flood of
+  masked diffusion (samples that end early, or whose tail is all EOS). The share of samples
+  holding an EOS, the mean position of the first one as a fraction of the length (1 where
+  none), and the share of all tokens that are EOS. Held-out windows of the same length
+  cross document boundaries at the corpus's own rate, so their figures are the reference.
 """
+
 
 from __future__ import annotations
 
@@ -250,7 +257,25 @@ def load_judge(run_dir, batch_size: int = 32) -> Judge:
 
 
 # --- everything at once -----------------------------------------------------------------------
-def sample_quality(texts: list[str], tokens, *, judge: Judge | None = None, code: bool = False) -> dict:
+def eos_flood(seqs, eos_id: int) -> dict:
+    """How samples end (module doc, ``eos_*``): the share with an EOS (``eos_ended``), the mean
+    position of the first EOS as a fraction of the length (1 where none: ``eos_first_frac``),
+    and the share of all tokens that are EOS (``eos_share``)."""
+    first = []
+    n_eos = n_tok = 0
+    for t in seqs:
+        t = np.asarray(t)
+        hit = np.flatnonzero(t == eos_id)
+        first.append(hit[0] / max(len(t), 1) if len(hit) else 1.0)
+        n_eos, n_tok = n_eos + len(hit), n_tok + len(t)
+    if not first:
+        return {"eos_ended": None, "eos_first_frac": None, "eos_share": None}
+    return {"eos_ended": float(np.mean([f < 1.0 for f in first])), "eos_first_frac": float(np.mean(first)),
+            "eos_share": n_eos / max(n_tok, 1)}
+
+
+def sample_quality(texts: list[str], tokens, *, judge: Judge | None = None, code: bool = False,
+                   eos_id: int | None = None) -> dict:
     """Quality statistics of one set of samples (see the module doc for each key)."""
     seqs = _as_list(tokens)
     texts = list(texts)
@@ -264,4 +289,6 @@ def sample_quality(texts: list[str], tokens, *, judge: Judge | None = None, code
         out[f"distinct_{n}"] = distinct_n(seqs, n)
     out["ast_parse_rate"] = ast_parse_rate(texts) if code else None
     out["ast_parse_rate_lines"] = ast_parse_rate_lines(texts) if code else None
+    if eos_id is not None:
+        out.update(eos_flood(seqs, eos_id))
     return out

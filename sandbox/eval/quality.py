@@ -39,7 +39,8 @@ from sandbox.data import eval_batches
 from sandbox.eval.metrics import Judge, load_judge, sample_quality
 
 METRICS = ("gen_ppl", "unigram_entropy", "unigram_entropy_pooled", "distinct_1", "distinct_2",
-           "distinct_3", "distinct_4", "ast_parse_rate", "ast_parse_rate_lines")
+           "distinct_3", "distinct_4", "ast_parse_rate", "ast_parse_rate_lines", "eos_ended",
+           "eos_first_frac", "eos_share")
 
 
 # --- the judge --------------------------------------------------------------------------------
@@ -171,8 +172,9 @@ def quality(cfg) -> dict:
     gen.write_samples(samples_file, recs, {**run.describe(), "sampler": s.sampler.name,
                                                   "settings": s.sampler.settings(), "length": s.length,
                                                   "seed": seed, **timing})
-    q_samples = sample_quality([r["text"] for r in recs], g.tokens, judge=judge, code=code)
-    q_ref = sample_quality([run.tokenizer.decode(t) for t in ref], ref, judge=judge, code=code)
+    eos = run.tokenizer.eos_id
+    q_samples = sample_quality([r["text"] for r in recs], g.tokens, judge=judge, code=code, eos_id=eos)
+    q_ref = sample_quality([run.tokenizer.decode(t) for t in ref], ref, judge=judge, code=code, eos_id=eos)
     line = {"kind": "quality", "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "run": str(run.dir), "step": run.step, "weights": run.weights,
             "sampler": s.sampler.name, "settings": s.sampler.settings(),

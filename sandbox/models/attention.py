@@ -259,11 +259,13 @@ def step_masks(s: int, c: int, start, i, window: int = 0):
     return cache, band(qpos, start + jnp.arange(c), window, causal=True)
 
 
-def block_masks(t: int, s: int, start, window: int = 0):
+def block_masks(t: int, s: int, start, window: int = 0, around: bool = False):
     """Masks of a bidirectional block of T queries at start..start+T-1 over the cache
-    positions < start and over the block itself: (bool[T, S], bool[T, T])."""
-    qpos = start + jnp.arange(t)
-    cache = band(qpos, jnp.arange(s), window, causal=False) & (jnp.arange(s)[None, :] < start)
+    positions < start (``around``: and those >= start + T, the dual cache of approximate
+    diffusion decoding) and over the block itself: (bool[T, S], bool[T, T])."""
+    qpos, kpos = start + jnp.arange(t), jnp.arange(s)[None, :]
+    seen = (kpos < start) | (kpos >= start + t) if around else kpos < start
+    cache = band(qpos, jnp.arange(s), window, causal=False) & seen
     return cache, band(jnp.arange(t), jnp.arange(t), window, causal=False)
 
 

@@ -157,7 +157,7 @@ class MultiHeadLatentAttention(nnx.Module):
         mc, mb = step_masks(cache[0].shape[2], bc.shape[2], start, i, self.window)
         return self._attend(q_lat, q_rope, [(cache[0], cache[1], mc), (bc, bk, mb)]), (bc, bk)
 
-    def decode_block(self, x, rope, cache, start):
+    def decode_block(self, x, rope, cache, start, around: bool = False):
         q_lat, q_rope, c, kr = self._new(x, rope, cache[0].dtype)
-        mc, mb = block_masks(x.shape[1], cache[0].shape[2], start, self.window)
+        mc, mb = block_masks(x.shape[1], cache[0].shape[2], start, self.window, around)
         return self._attend(q_lat, q_rope, [(cache[0], cache[1], mc), (c, kr, mb)]), (c, kr)

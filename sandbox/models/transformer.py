@@ -36,7 +36,9 @@ shared ``cfg`` dict below. A variant is therefore one class plus one YAML file
   gives the rotary tables of this pass), ``supported_masks``; for cached decoding
   ``init_cache(B, S, dtype)`` (a tuple of arrays ``[B, *, S, ...]``, the slot axis third),
   ``decode(x, rope, cache, pos)``, ``decode_step(x, rope, cache, buf, start, i)``,
-  ``decode_block(x, rope, cache, start)``; for recurrent decoding ``recurrent = True``,
+  ``decode_block(x, rope, cache, start)`` (optionally ``around=`` for a cache read on both
+  sides of the block: the dual cache of masked-diffusion decoding); for recurrent decoding
+  ``recurrent = True``,
   ``prefill(x, rope) -> (y, state)`` and ``step(x, rope, state, pos) -> (y, state)``.
   Mixers: ``Attention`` (GQA/MQA, sliding window), ``mla.MultiHeadLatentAttention``,
   ``gla.GatedLinearAttention``.
@@ -210,12 +212,13 @@ class Attention(nnx.Module):
         o = attend_segments(q, [(cache[0], cache[1], mc), (bk, bv, mb)])
         return self.out(o), (bk, bv)
 
-    def decode_block(self, x, rope, cache, start):
+    def decode_block(self, x, rope, cache, start, around: bool = False):
         """T tokens x[B, T, D] at positions start..start+T-1 that see each other in both
         directions and the cache positions < start (read-only): the block step of block
-        diffusion. Returns ([B, T, D], (k, v) [B, K, T, Dh] of the T tokens)."""
+        diffusion; ``around``: also the cache positions after the block (a dual cache).
+        Returns ([B, T, D], (k, v) [B, K, T, Dh] of the T tokens)."""
         q, k, v = self._new_kv(x, rope, cache[0].dtype)
-        mc, mb = block_masks(x.shape[1], cache[0].shape[2], start, self.window)
+        mc, mb = block_masks(x.shape[1], cache[0].shape[2], start, self.window, around)
         o = attend_segments(q, [(cache[0], cache[1], mc), (k, v, mb)])
         return self.out(o), (k, v)
 
@@ -324,7 +327,10 @@ class Block(nnx.Module):
     def decode_step(self, x, rope, cache, buf, start, i, cond=None):
         return self._run(x, cond, lambda h: self.attn.decode_step(h, rope, cache, buf, start, i), True)
 
-    def decode_block(self, x, rope, cache, start, cond=None):
+    def decode_block(self, x, rope, cache, start, cond=None, around: bool = False):
+        if around:  # only mixers that can read a cache on both sides take the argument
+            return self._run(x, cond, lambda h: self.attn.decode_block(h, rope, cache, start, around=True),
+                             True)
         return self._run(x, cond, lambda h: self.attn.decode_block(h, rope, cache, start), True)
 
     def prefill(self, x, rope, cond=None):
@@ -507,15 +513,16 @@ class Transformer(nnx.Module):
             new.append(bf)
         return self.logits(self._final(x, cond)), new
 
-    def decode_block(self, tokens, cache, start):
+    def decode_block(self, tokens, cache, start, around: bool = False):
         """Block diffusion's step: tokens[B, T] at positions start..start+T-1 see each other
-        (bidirectional) and the cache positions < start (read-only). Returns
+        (bidirectional) and the cache positions < start (read-only); ``around=True`` also the
+        cache positions >= start + T (the dual cache of ``sampler.cache=dual``). Returns
         (logits[B, T, V], kv) where kv holds the T tokens' keys/values per layer, for
         ``commit`` once the block is final (its clean tokens' kv, as BD3LM's exact cache)."""
         x, r, cond = self._start(tokens, start, "bidirectional")
         kvs = []
         for blk, c in zip(self.blocks, cache):
-            x, kv = blk.decode_block(x, r, c, start, cond)
+            x, kv = blk.decode_block(x, r, c, start, cond, around=around)
             kvs.append(kv)
         return self.logits(self._final(x, cond)), kvs
 

@@ -72,10 +72,15 @@ class Sampler:
         raise NotImplementedError
 
 
-def compile_sampler(sampler: Sampler, graphdef, length: int):
-    """jit(params, key, prompt[B, P]) -> (tokens[B, length], nfe) for this sampler."""
+def compile_sampler(sampler: Sampler, graphdef, length: int, cost: bool = False):
+    """jit(params, key, prompt[B, P]) -> (tokens[B, length], nfe) for this sampler; ``cost``:
+    (tokens, nfe, recomputed) for a sampler with ``generate_cost`` (the token positions its
+    model calls computed; masked diffusion's block caches reduce it)."""
 
     def fn(params, key, prompt):
-        return sampler.generate(nnx.merge(graphdef, params), key, prompt, length)
+        model = nnx.merge(graphdef, params)
+        if cost and hasattr(sampler, "generate_cost"):
+            return sampler.generate_cost(model, key, prompt, length)
+        return sampler.generate(model, key, prompt, length)
 
     return jax.jit(fn)

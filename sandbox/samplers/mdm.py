@@ -46,6 +46,27 @@ keys and values. ``prompt_cache=False`` runs each step as that full forward (the
 both run the inner loops on the canvas alone, so they draw the same random numbers and
 produce the same tokens. ``prompt_attention="full"`` (every run trained without the option)
 keeps the whole-canvas loop above unchanged.
+
+**Approximate block caches** (``cache=prefix|dual``, with semi-AR blocks; Fast-dLLM, Wu et
+al. 2025, sec. 3.2-3.3): at the start of each block one *refresh* forward of the whole canvas
+(bidirectional, as the model was trained) gives every position's keys and values; the block's
+steps then read them instead of recomputing them. ``prefix`` reuses the positions before the
+block and recomputes the block and the masked suffix after it at every step (queries over
+[lo, L)); ``dual`` also reuses the suffix's, so a step computes only the block's ``block_size``
+tokens (``Transformer.decode_block(..., around=True)``). Approximate because the reused keys
+were computed while the block was still masked (and, for ``prefix`` with a bidirectionally
+attended prompt, the prompt's too); ``cache=none`` stays the exact reference. The refreshes
+count in the NFE; ``infill_cost`` / ``generate_cost`` also return the token positions the
+calls computed (``nfe x L`` without a cache). A prefix block with only the exact prompt cache
+before it needs no refresh, so one block is ``cache=none`` token for token. Block diffusion
+(``objective=bd3lm``, ``samplers/bd3lm.py``) has an exact block cache and stays that family's
+reference.
+
+**Variable length** (``stop_at_eos``, with semi-AR blocks; the rule of BD3LM, Arriola et al.
+2025): once every row has produced EOS in a finished block the later blocks are skipped (no
+model call), and ``generate`` sets every position after a row's first EOS, and every block
+never generated, to EOS. Without blocks the whole canvas is one block, so the rule would
+save nothing: ``check`` refuses it.
 """
 
 from __future__ import annotations
@@ -64,6 +85,7 @@ from sandbox.samplers.categorical import sample
 
 GRIDS = ("uniform", "cosine")
 PROMPT_ATTENTION = ("full", "self")
+CACHES = ("none", "prefix", "dual")
 
 
 def time_grid(n: int, kind: str):
@@ -76,14 +98,17 @@ class CachedView:
     """What a sampler loop sees as ``model`` when it runs on a block ``z[B, T]`` at positions
     start..start+T-1 that reads a read-only cache of the positions before it: the block's
     logits from ``model.decode_block`` (bidirectional inside the block). Block diffusion's
-    finished blocks and masked diffusion's prompt cache are both such a cache."""
+    finished blocks and masked diffusion's prompt cache are both such a cache; ``around``
+    also reads the cache after the block (the approximate dual cache, ``sampler.cache``)."""
 
-    def __init__(self, model, cache, start):
-        self.model, self.cache, self.start = model, cache, start
+    def __init__(self, model, cache, start, around: bool = False):
+        self.model, self.cache, self.start, self.around = model, cache, start, around
         self.vocab_size = model.vocab_size
 
     def __call__(self, z, mask_kind=None, **kw):
         del mask_kind, kw
+        if self.around:
+            return self.model.decode_block(z, self.cache, self.start, around=True)[0]
         return self.model.decode_block(z, self.cache, self.start)[0]
 
 
@@ -120,6 +145,9 @@ class MaskedDiffusionSampler(Sampler):
     banned_ids: tuple = ()   # BOS / PAD: never in the training data, never drawn
     prompt_attention: str = "full"  # "self": the run's prompt attends only to itself (module doc)
     prompt_cache: bool = True       # with "self": the exact prompt cache (False: full forwards)
+    cache: str = "none"      # approximate block cache: none | prefix | dual (module doc)
+    stop_at_eos: bool = False  # semi-AR blocks: stop after the block in which every row has EOS
+    eos_id: int = -1
     name: str = "mdm"
     family: str = "mdm"
     uses_steps = True
@@ -127,7 +155,8 @@ class MaskedDiffusionSampler(Sampler):
     def bind(self, tokenizer):
         banned = tuple(int(getattr(tokenizer, f)) for f in ("bos_id", "pad_id")
                        if getattr(tokenizer, f, None) is not None)
-        return self.replace(mask_id=int(tokenizer.mask_id), banned_ids=banned)
+        return self.replace(mask_id=int(tokenizer.mask_id), banned_ids=banned,
+                            eos_id=int(getattr(tokenizer, "eos_id", -1)))
 
     def check(self, *, family: str, length: int, prompt_len: int, objective: str | None = None) -> None:
         super().check(family=family, length=length, prompt_len=prompt_len, objective=objective)
@@ -148,6 +177,14 @@ class MaskedDiffusionSampler(Sampler):
         if self.prompt_attention not in PROMPT_ATTENTION:
             raise UserError(f"sampler.prompt_attention: unknown value '{self.prompt_attention}' "
                             "(choose full or self)")
+        if self.cache not in CACHES:
+            raise UserError(f"sampler.cache: unknown value '{self.cache}' (choose none, prefix or dual)")
+        if self.stop_at_eos and not self.block_size:
+            raise UserError("sampler.stop_at_eos stops after a semi-AR block: set sampler.block_size")
+        if self.cache != "none" and (not self.block_size or gen % self.block_size):
+            raise UserError(f"sampler.cache={self.cache} refreshes once per semi-AR block: set "
+                            f"sampler.block_size to a divisor of the {gen} generated tokens "
+                            f"(now {self.block_size})")
 
     def for_checkpoint(self, objective):
         """The settings a checkpoint fixes, whatever sampler was chosen: how its prompt was
@@ -159,6 +196,11 @@ class MaskedDiffusionSampler(Sampler):
         if self.prompt_attention == "full":  # unchanged labels and file names for every earlier run
             out.pop("prompt_attention", None)
             out.pop("prompt_cache", None)
+        if self.cache == "none":
+            out.pop("cache", None)
+        if not self.stop_at_eos:
+            out.pop("stop_at_eos", None)
+        out.pop("eos_id", None)
         return out
 
     def n_blocks(self, gen: int) -> int:
@@ -181,9 +223,26 @@ class MaskedDiffusionSampler(Sampler):
     def generate(self, model, key, prompt, length: int):
         """prompt[B, P] -> (tokens[B, length], nfe): ``infill`` of ``[prompt ; MASK * (length - P)]``
         from ``start=P`` (one code path for both)."""
+        return self.generate_cost(model, key, prompt, length)[:2]
+
+    def generate_cost(self, model, key, prompt, length: int):
+        """``generate`` that also returns the token positions computed (``infill_cost``)."""
         b, p = prompt.shape
         z = jnp.concatenate([prompt.astype(jnp.int32), jnp.full((b, length - p), self.mask_id, jnp.int32)], 1)
-        return self.infill(model, key, z, p)
+        z, nfe, recomputed = self.infill_cost(model, key, z, p)
+        return (self.pad_after_eos(z, p) if self.stop_at_eos else z), nfe, recomputed
+
+    def pad_after_eos(self, z, start: int):
+        """z[B, L] with every generated position (>= start) after a row's first EOS, and every
+        position of a block never generated, set to EOS: the output of ``stop_at_eos``."""
+        gen = jnp.arange(z.shape[1])[None, :] >= start
+        eos = gen & (z == self.eos_id)
+        after = (jnp.cumsum(eos, axis=1) - eos) > 0
+        return jnp.where(gen & (after | (z == self.mask_id)), self.eos_id, z)
+
+    def _stopped(self, done):
+        """True once every row has produced EOS (``stop_at_eos``); the later blocks are skipped."""
+        return jnp.all(done) if self.stop_at_eos else jnp.bool_(False)
 
     def infill(self, model, key, z, start: int):
         """Fill the mask tokens of a partly known canvas z[B, L] at positions >= ``start``;
@@ -201,18 +260,28 @@ class MaskedDiffusionSampler(Sampler):
         attends only to itself: the loop runs on [start, L) alone, against the prompt's cached
         keys/values (``prompt_cache``, one extra model call, made only if anything is masked)
         or through full forwards under the prompt mask (module doc)."""
+        return self.infill_cost(model, key, z, start)[:2]
+
+    def infill_cost(self, model, key, z, start: int):
+        """``infill`` that also returns how many token positions its model calls computed:
+        (tokens[B, L], nfe, recomputed); ``recomputed`` = nfe x L for full forwards (the
+        measure ``sampler.cache`` reduces)."""
         z = z.astype(jnp.int32)
+        length = z.shape[1]
+        if self.cache != "none" and hasattr(model, "decode_block"):
+            return self._fill_cached(model, key, z, start)
         if self.prompt_attention == "full" or start == 0:
-            return self._fill_from(model, key, z, start)
+            z, nfe = self._fill_from(model, key, z, start)
+            return z, nfe, nfe * length
         prompt, canvas = z[:, :start], z[:, start:]
         if not (self.prompt_cache and hasattr(model, "decode_block")):
             canvas, nfe = self._fill_from(PromptMaskView(model, prompt), key, canvas, 0)
-            return jnp.concatenate([prompt, canvas], axis=1), nfe
+            return jnp.concatenate([prompt, canvas], axis=1), nfe, nfe * length
         todo = jnp.any(canvas == self.mask_id)
         kv, n0 = jax.lax.cond(todo, lambda: (prompt_kv(model, prompt), jnp.int32(1)),
                               lambda: (model.init_cache(z.shape[0], start), jnp.int32(0)))
         canvas, nfe = self._fill_from(CachedView(model, kv, start), key, canvas, 0)
-        return jnp.concatenate([prompt, canvas], axis=1), nfe + n0
+        return jnp.concatenate([prompt, canvas], axis=1), nfe + n0, n0 * start + nfe * (length - start)
 
     def _fill_from(self, model, key, z, start: int):
         """The block loop of ``infill`` over z[B, L] from ``start``: (tokens, nfe)."""
@@ -224,13 +293,70 @@ class MaskedDiffusionSampler(Sampler):
         pos = jnp.arange(length)
 
         def block(i, carry):
-            z, nfe = carry
+            z, nfe, done = carry
             lo = start + i * bs
             eligible = (pos >= lo) & (pos < jnp.minimum(lo + bs, length))
-            z, n = self.fill_block(model, jax.random.fold_in(key, i), z, eligible, per_block)
-            return z, nfe + n
+            def fill(z):
+                return self.fill_block(model, jax.random.fold_in(key, i), z, eligible, per_block)
 
-        return jax.lax.fori_loop(0, n_blocks, block, (z, jnp.int32(0)))
+            z, n = jax.lax.cond(self._stopped(done), lambda z: (z, jnp.int32(0)), fill, z)
+            return z, nfe + n, done | jnp.any((z == self.eos_id) & eligible, axis=1)
+
+        b = z.shape[0]
+        z, nfe, _ = jax.lax.fori_loop(0, n_blocks, block, (z, jnp.int32(0), jnp.zeros((b,), bool)))
+        return z, nfe
+
+    def _fill_cached(self, model, key, z, start: int):
+        """``infill`` with an approximate block cache (module doc, "Approximate block caches"):
+        per semi-AR block [lo, hi) one refresh forward of the canvas gives every position's
+        keys/values; the block's steps then read those of the positions before it (``prefix``:
+        the queries span [lo, L), so the masked suffix is recomputed every step) or on both
+        sides (``dual``: only [lo, hi) is recomputed). With ``prompt_attention="self"`` the
+        prompt's keys/values are exact and computed once. Returns (tokens[B, L], nfe,
+        recomputed); nfe counts the refreshes.
+
+        The blocks are unrolled at trace time because the prefix view's width shrinks block by
+        block (shapes must be static); each block's steps stay one compiled loop."""
+        b, length = z.shape
+        bs = self.block_size
+        n_blocks = (length - start) // bs
+        per_block = max(1, self.steps // n_blocks)
+        nfe, recomputed, done = jnp.int32(0), jnp.int32(0), jnp.zeros((b,), bool)
+        if self.prompt_attention == "self" and start > 0:
+            todo = jnp.any(z[:, start:] == self.mask_id)
+            kv_p, n0 = jax.lax.cond(todo, lambda: (prompt_kv(model, z[:, :start]), jnp.int32(1)),
+                                    lambda: (model.init_cache(b, start), jnp.int32(0)))
+            nfe, recomputed, first = n0, n0 * start, start
+        else:
+            kv_p, first = model.init_cache(b, 0), 0
+
+        def refresh(z):  # [B, K, L, Dh] per layer: the prompt's (exact) and the rest's, read once
+            kv = model.decode_block(z[:, first:], kv_p, first)[1]
+            return [tuple(jnp.concatenate([a, c], axis=2) for a, c in zip(p, q)) for p, q in zip(kv_p, kv)]
+
+        for i in range(n_blocks):
+            lo, hi = start + i * bs, start + (i + 1) * bs
+            end = length if self.cache == "prefix" else hi
+
+            # a prefix block with nothing but the exact prompt before it reads no refresh: it is
+            # the uncached loop's block (so one block is exactly cache=none)
+            fresh = self.cache == "dual" or lo > first
+
+            def run(z, lo=lo, end=end, i=i, fresh=fresh):
+                view = (CachedView(model, refresh(z), lo, around=self.cache == "dual") if fresh
+                        else CachedView(model, kv_p, lo) if lo > 0 else model)
+                w = end - lo
+                sub, n = self.fill_block(view, jax.random.fold_in(key, i), z[:, lo:end],
+                                         jnp.arange(w) < bs, per_block)
+                return z.at[:, lo:end].set(sub), n + int(fresh)
+
+            todo = jnp.any(z[:, lo:hi] == self.mask_id) & ~self._stopped(done)
+            z, n = jax.lax.cond(todo, run, lambda z: (z, jnp.int32(0)), z)
+            done = done | jnp.any(z[:, lo:hi] == self.eos_id, axis=1)
+            nfe = nfe + n
+            cost = (length - first + (n - 1) * (end - lo)) if fresh else n * (end - lo)
+            recomputed = recomputed + jnp.where(n > 0, cost, 0)
+        return z, nfe, recomputed
 
     def fill_block(self, model, key, z, eligible, n_steps):  # pragma: no cover - interface
         raise NotImplementedError

@@ -105,7 +105,7 @@ def build_sampler(cfg, run: LoadedRun):
     sampler = instantiate(node, "sampler").bind(run.tokenizer)
     if bool(cfg.get("greedy", True)):
         sampler = sampler.replace(precision="greedy")
-    if hasattr(sampler, "stop_at_eos"):
+    if sampler.family == "ar":  # AR stops at its first EOS; a diffusion canvas is filled whole
         sampler = sampler.replace(stop_at_eos=True)
     src = run.data
     sampler = sampler.for_checkpoint(run.objective)  # what training fixed (the prompt cache of prompt=self)

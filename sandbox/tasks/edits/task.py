@@ -95,9 +95,11 @@ class EditBatches:
     fields = ("cond",)  # the batch's keys besides "tokens" (an objective must accept them)
 
     def __init__(self, data: EditsData, tokenizer, fmt: str, kinds: tuple[str, ...], tiers: tuple[str, ...],
-                 prompt_len: int, target_len: int, em_items: int = 0, augment_renames: int = 0):
+                 prompt_len: int, target_len: int, em_items: int = 0, augment_renames: int = 0,
+                 kind_weights: dict[str, float] | None = None):
         self.data, self.tokenizer, self.format = data, tokenizer, fmt
         self.augment_renames = augment_renames  # renames of a training function before its edit
+        self.kind_weights = dict(kind_weights) if kind_weights else None  # the training kind mix
         self.em_items = int(em_items)  # val items of the exact match at each evaluation (0: off)
         self.kinds, self.tiers = kinds, tiers
         self.prompt_len, self.target_len = prompt_len, target_len
@@ -162,7 +164,7 @@ class EditBatches:
 
     def _sampler(self, seed: int):
         if seed not in self._samplers:
-            self._samplers[seed] = self.data.sampler(seed, self.kinds, self.tiers,
+            self._samplers[seed] = self.data.sampler(seed, self.kinds, self.tiers, self.kind_weights,
                                                      augment_renames=self.augment_renames)
         return self._samplers[seed]
 
@@ -237,6 +239,7 @@ class EditsTask:
     native_twin: bool = True  # format=native: the prompt ends with the old lines in the canvas's geometry
     em_items: int = 32  # val items whose exact match each evaluation logs (0: none)
     augment_renames: int = 0  # renames of a training function before its edit (EditSampler)
+    kind_weights: dict | None = None  # kind -> relative weight in the training stream (None: uniform)
     name = "stdlib_edits"
     conditional = True
 
@@ -250,12 +253,20 @@ class EditsTask:
             if not isinstance(v, int) or v < 2:
                 raise UserError(f"data.{f}: must be an integer >= 2, got {v!r}")
         check_augment_renames(self.augment_renames)
+        kinds = check_kinds(self.kinds if self.kinds is not None else SINGLE_KINDS)
+        weights = dict(self.kind_weights or {})
+        bad = sorted(k for k in weights if k not in kinds)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                      for v in weights.values())
+        if bad or not numbers:
+            raise UserError(f"data.kind_weights: keys must be trained kinds ({', '.join(kinds)}) and values "
+                            f"non-negative numbers, got {weights!r}")
         if not isinstance(self.native_twin, bool):
             raise UserError(f"data.native_twin: must be true or false, got {self.native_twin!r}")
         if not isinstance(self.em_items, int) or isinstance(self.em_items, bool) or self.em_items < 0:
             raise UserError(f"data.em_items: must be an integer >= 0 (0: no exact match during training), "
                             f"got {self.em_items!r}")
-        return check_kinds(self.kinds if self.kinds is not None else SINGLE_KINDS), check_tiers(self.tiers)
+        return kinds, check_tiers(self.tiers)
 
     def batch_source(self, tokenizer, cache_dir, progress: bool = True) -> EditBatches:
         kinds, tiers = self._check()
@@ -265,7 +276,8 @@ class EditsTask:
             digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
             tokenizer.train(texts, Path(cache_dir).expanduser(), f"stdlib_edits-{digest}")
         args = (data, tokenizer, self.format, kinds, tiers, self.prompt_len, self.target_len)
-        kw = {"em_items": self.em_items, "augment_renames": self.augment_renames}
+        kw = {"em_items": self.em_items, "augment_renames": self.augment_renames,
+              "kind_weights": self.kind_weights}
         if self.format == NATIVE:  # the edit-native canvas has its own layout (sandbox.tasks.edits.native)
             from sandbox.tasks.edits.native import NativeBatches
             return NativeBatches(*args, slack=self.native_slack, twin=self.native_twin, **kw)
