@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from sandbox.core.errors import UserError
 from sandbox.samplers.base import Sampler
-from sandbox.samplers.mdm import Ancestral, CachedView, MaskedDiffusionSampler
+from sandbox.samplers.mdm import Ancestral, CachedView, MaskedDiffusionSampler, pad_after_eos
 
 
 @dataclass(frozen=True)
@@ -112,10 +112,5 @@ class BD3LMSampler(Sampler):
 
         init = (jnp.int32(0), z, cache, jnp.zeros((b,), bool), jnp.int32(0))
         _, z, _, _, nfe = jax.lax.while_loop(cond, body, init)
-        z = z[:, :length]
         # after the first EOS (or in blocks never generated): EOS, never a mask
-        seen = jnp.cumsum(z == self.eos_id, axis=1) > 0
-        after = seen & ~((z == self.eos_id) & (jnp.cumsum(z == self.eos_id, axis=1) == 1))
-        gen = jnp.arange(length)[None, :] >= p
-        z = jnp.where(gen & (after | (z == self.mask_id)), self.eos_id, z)
-        return z, nfe
+        return pad_after_eos(z[:, :length], p, self.eos_id, self.mask_id), nfe

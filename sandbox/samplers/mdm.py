@@ -94,6 +94,16 @@ def time_grid(n: int, kind: str):
     return 1.0 - i if kind == "uniform" else jnp.cos(0.5 * math.pi * i)
 
 
+def pad_after_eos(z, start: int, eos_id: int, mask_id: int):
+    """z[B, L] with every generated position (>= start) after a row's first generated EOS, and
+    every position of a block never generated (still a mask), set to EOS: the output of
+    ``stop_at_eos`` here and in block diffusion. An EOS in the prompt ends nothing."""
+    gen = jnp.arange(z.shape[1])[None, :] >= start
+    eos = gen & (z == eos_id)
+    after = (jnp.cumsum(eos, axis=1) - eos) > 0
+    return jnp.where(gen & (after | (z == mask_id)), eos_id, z)
+
+
 class CachedView:
     """What a sampler loop sees as ``model`` when it runs on a block ``z[B, T]`` at positions
     start..start+T-1 that reads a read-only cache of the positions before it: the block's
@@ -233,12 +243,7 @@ class MaskedDiffusionSampler(Sampler):
         return (self.pad_after_eos(z, p) if self.stop_at_eos else z), nfe, recomputed
 
     def pad_after_eos(self, z, start: int):
-        """z[B, L] with every generated position (>= start) after a row's first EOS, and every
-        position of a block never generated, set to EOS: the output of ``stop_at_eos``."""
-        gen = jnp.arange(z.shape[1])[None, :] >= start
-        eos = gen & (z == self.eos_id)
-        after = (jnp.cumsum(eos, axis=1) - eos) > 0
-        return jnp.where(gen & (after | (z == self.mask_id)), self.eos_id, z)
+        return pad_after_eos(z, start, self.eos_id, self.mask_id)
 
     def _stopped(self, done):
         """True once every row has produced EOS (``stop_at_eos``); the later blocks are skipped."""
@@ -299,7 +304,10 @@ class MaskedDiffusionSampler(Sampler):
             def fill(z):
                 return self.fill_block(model, jax.random.fold_in(key, i), z, eligible, per_block)
 
-            z, n = jax.lax.cond(self._stopped(done), lambda z: (z, jnp.int32(0)), fill, z)
+            if not self.stop_at_eos:  # static: no per-block branch or EOS scan unless asked for
+                z, n = fill(z)
+                return z, nfe + n, done
+            z, n = jax.lax.cond(jnp.all(done), lambda z: (z, jnp.int32(0)), fill, z)
             return z, nfe + n, done | jnp.any((z == self.eos_id) & eligible, axis=1)
 
         b = z.shape[0]
