@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from sandbox.core import prng
 from sandbox.core.errors import UserError
 from sandbox.models.attention import BlockDiffusionMask
 from sandbox.models.logits import suppress
@@ -108,7 +109,7 @@ class BD3LM(Objective):
         kt, km = jax.random.split(key)
         t = self.sample_times(kt, b * nb).reshape(b, nb)
         t_tok = jnp.repeat(t, self.block_size, axis=1)                       # [B, L]
-        masked = jax.random.uniform(km, tokens.shape) < 1.0 - self.schedule.alpha(t_tok)
+        masked = prng.uniform(km, tokens.shape) < 1.0 - self.schedule.alpha(t_tok)
         z = jnp.where(masked, self.mask_id, tokens)
         with self.aux_losses() as aux:
             ce = token_nll(self.logits(model, z, tokens), tokens)
@@ -123,7 +124,7 @@ class BD3LM(Objective):
         bs = self.block_size
         nb = l // bs
         k = jnp.clip(jnp.floor(u * bs).astype(jnp.int32) + 1, 1, bs)           # [B, nb]
-        r = jax.random.uniform(key, (b, l)).reshape(b, nb, bs)
+        r = prng.uniform(key, (b, l)).reshape(b, nb, bs)
         rank = jnp.argsort(r, axis=-1).argsort(axis=-1)
         masked = (rank < k[..., None]).reshape(b, l)
         z = jnp.where(masked, self.mask_id, tokens)
@@ -138,6 +139,6 @@ class BD3LM(Objective):
         b, l = tokens.shape
         nb = self.check_len(model, l)
         ku, km = jax.random.split(key)
-        u = (jax.random.uniform(ku, (b, nb))[None] + jnp.arange(n)[:, None, None]) / n  # [K, B, nb]
+        u = (prng.uniform(ku, (b, nb))[None] + jnp.arange(n)[:, None, None]) / n  # [K, B, nb]
         keys = jax.random.split(km, n)
         return jax.lax.map(lambda a: self.nll_count(model, tokens, a[0], a[1]), (keys, u))

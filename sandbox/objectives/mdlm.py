@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from sandbox.core import prng
 from sandbox.core.errors import UserError
 from sandbox.models.attention import PromptMask
 from sandbox.models.logits import suppress
@@ -131,7 +132,7 @@ class MDLM(Objective):
         """Mask each token (outside the prompt ``cond``) with probability 1 - alpha(t).
         tokens[B, L], t[B] -> (z, masked)."""
         p_mask = 1.0 - self.schedule.alpha(t)[:, None]
-        masked = jax.random.uniform(key, tokens.shape) < p_mask
+        masked = prng.uniform(key, tokens.shape) < p_mask
         if cond is not None:
             masked = masked & ~cond
         return jnp.where(masked, self.mask_id, tokens), masked
@@ -171,7 +172,7 @@ class MDLM(Objective):
         (outside the prompt) and average the cross-entropy over them (nats per token,
         unbiased for NELBO / L)."""
         b, l = tokens.shape
-        u = jax.random.uniform(key, (b, l))
+        u = prng.uniform(key, (b, l))
         if cond is not None:
             u = jnp.where(cond, 2.0, u)  # prompt positions rank last: never among the k
         rank = jnp.argsort(u, axis=-1).argsort(axis=-1)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from sandbox.core import prng
 from sandbox.core.errors import UserError
 
 PRECISIONS = ("exact", "fp32_truncating", "greedy")
@@ -50,7 +51,7 @@ def check_precision(precision: str) -> str:
 
 def exact_gumbel(key, shape):
     """Gumbel(0, 1) noise [shape] whose right tail is intact to g ~ 44 (see module doc)."""
-    bits = jax.random.bits(key, (2, *shape), jnp.uint32)
+    bits = prng.bits(key, (2, *shape))
     hi = bits[0].astype(jnp.float32) * jnp.float32(2.0**-32)
     lo = bits[1].astype(jnp.float32) * jnp.float32(2.0**-64)
     v = jnp.where(bits[0] > 0, hi, lo)                       # U(0, 1), fine near 0
@@ -66,7 +67,8 @@ def sample(key, logits, precision: str = "exact"):
     if precision == "greedy":
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     if precision == "fp32_truncating":
-        return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+        # jax.random.categorical's own construction, noise drawn flat (sandbox.core.prng)
+        return jnp.argmax(logits + prng.gumbel(key, logits.shape), axis=-1).astype(jnp.int32)
     return jnp.argmax(logits + exact_gumbel(key, logits.shape), axis=-1).astype(jnp.int32)
 
 

@@ -77,6 +77,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from sandbox.core import prng
 from sandbox.core.errors import UserError
 from sandbox.models.attention import PromptMask
 from sandbox.models.logits import suppress
@@ -387,7 +388,7 @@ class Ancestral(MaskedDiffusionSampler):
             k1, k2 = jax.random.split(k)
             masked = (z == self.mask_id) & eligible
             p_reveal = jnp.where(s <= 0, 1.0, (t - s) / t)
-            reveal = masked & (jax.random.uniform(k1, z.shape) < p_reveal)
+            reveal = masked & (prng.uniform(k1, z.shape) < p_reveal)
             x = sample(k2, logits, self.precision)
             return (jnp.where(reveal, x, z), logits, jnp.any(reveal), nfe), None
 
@@ -416,7 +417,7 @@ class FirstHitting(MaskedDiffusionSampler):
             def reveal_one():
                 k1, k2 = jax.random.split(k)
                 x = sample(k2, self.predict(model, z), self.precision)
-                pick = jnp.argmax(jnp.where(cand, jax.random.uniform(k1, z.shape), -1.0), axis=-1)
+                pick = jnp.argmax(jnp.where(cand, prng.uniform(k1, z.shape), -1.0), axis=-1)
                 one = (jnp.arange(l)[None, :] == pick[:, None]) & cand
                 return jnp.where(one, x, z), nfe + 1
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from sandbox.core import prng
 from sandbox.core.errors import UserError
 from sandbox.samplers.categorical import sample
 from sandbox.samplers.mdm import MaskedDiffusionSampler, time_grid
@@ -62,7 +63,7 @@ class ReMDM(MaskedDiffusionSampler):
             p_unmask = jnp.where(s <= 0, 1.0, (a_s - (1.0 - sigma) * a_t) / jnp.maximum(1.0 - a_t, 1e-12))
             k1, k2 = jax.random.split(k)
             x = sample(k2, self.predict(model, z), self.precision)
-            u = jax.random.uniform(k1, z.shape)
+            u = prng.uniform(k1, z.shape)
             masked = z == self.mask_id
             reveal = generated & masked & (u < p_unmask)
             remask = generated & ~masked & (u < sigma)
