@@ -226,6 +226,30 @@ def test_context_free_model_gives_its_marginals(s):
         assert chi2 < 24.3, (pos, chi2)  # p = 0.001 at 7 degrees of freedom
 
 
+def test_threshold_guard_keeps_the_frequent_token_at_its_rate():
+    """The threshold collapse in miniature: at every position token 0 has probability 0.5 and
+    seven others share the rest, no token reaches tau. Revealing the position whose drawn
+    token is most probable picks a drawn 0 whenever one exists (~15 of 16 reveals); the
+    uniform pick (``order=random``, what ``auto`` means for drawn tokens) keeps the 0.5."""
+    row = np.full(Tok.vocab_size, -np.inf, np.float32)
+    row[0], row[1:8] = np.log(0.5), np.log(0.5 / 7)
+    model = _Table(jnp.asarray(np.tile(row, (16, 1))))
+    prompt = jnp.zeros((64, 0), jnp.int32)
+    share = {}
+    for order in ("confidence", "random", "auto"):
+        s = Threshold(tau=0.9, order=order).bind(Tok)
+        s.check(family="mdm", length=16, prompt_len=0)
+        toks, nfe = jax.jit(lambda k, s=s: s.generate(model, k, prompt, 16))(jax.random.PRNGKey(3))
+        assert int(nfe) == 16 and not (np.asarray(toks) == Tok.mask_id).any()
+        share[order] = float(np.mean(np.asarray(toks) == 0))
+    assert share["confidence"] > 0.85, share
+    assert abs(share["random"] - 0.5) < 0.06 and share["auto"] == share["random"], share
+    assert Threshold(order="auto", precision="greedy").pick == "confidence"
+    assert "order" not in Threshold(precision="greedy").settings()  # earlier labels unchanged
+    with pytest.raises(UserError, match="sampler.order"):
+        Threshold(order="mode").check(family="mdm", length=16, prompt_len=0)
+
+
 # --- KV cache ------------------------------------------------------------------------------------
 def test_kv_cache_decode_matches_the_full_causal_forward():
     m = _model(vocab=50, n_kv_heads=1)

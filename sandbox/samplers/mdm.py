@@ -28,8 +28,17 @@ tokens from the unscaled model distribution with the exact categorical
   a token at every masked position, keep the k with the highest model probability, leave
   the rest masked; k per step follows the grid so that ``steps`` steps fill the block.
 - ``mdm_threshold``: confidence-threshold parallel decoding (Fast-dLLM, Wu et al. 2025):
-  reveal every masked position whose drawn token has probability >= tau, and at least the
-  most confident one per step; runs until the block is full (``steps`` is not used).
+  reveal every masked position whose drawn token has probability >= tau, and at least one
+  more per step; runs until the block is full (``steps`` is not used). ``order`` picks that
+  one: ``confidence`` (Fast-dLLM: the most confident) or ``random`` (uniform over the masked
+  positions: the first-hitting sampler's rule); ``auto`` (default) is ``confidence`` for
+  greedy tokens (``precision=greedy``, as Fast-dLLM and LLaDA evaluate) and ``random`` for
+  drawn ones. Why: with drawn tokens, taking the position whose *draw* is most probable
+  selects the draws that landed on a mode, and on a weak model the mode (a space in code)
+  feeds itself: the demo model's samples were 100% spaces (unigram entropy 0.004 bits
+  against 4.0 for held-out text; ``docs/design.md``, "The threshold collapse"). The
+  uniform pick keeps the model's distribution; only the reveals above ``tau`` are
+  approximate (each is off by at most ``1 - tau``).
 
 Time grids: ``uniform`` t_i = 1 - i/n, ``cosine`` t_i = cos(pi/2 * i/n) (few tokens first,
 more later, as in MaskGIT).
@@ -157,6 +166,7 @@ class MaskedDiffusionSampler(Sampler):
     prompt_attention: str = "full"  # "self": the run's prompt attends only to itself (module doc)
     prompt_cache: bool = True       # with "self": the exact prompt cache (False: full forwards)
     cache: str = "none"      # approximate block cache: none | prefix | dual (module doc)
+    block_causal: bool = False  # cache=prefix on a block-causal model (BD3LM's attention): exact
     stop_at_eos: bool = False  # semi-AR blocks: stop after the block in which every row has EOS
     eos_id: int = -1
     name: str = "mdm"
@@ -190,6 +200,12 @@ class MaskedDiffusionSampler(Sampler):
                             "(choose full or self)")
         if self.cache not in CACHES:
             raise UserError(f"sampler.cache: unknown value '{self.cache}' (choose none, prefix or dual)")
+        if self.block_causal and self.cache != "prefix":
+            raise UserError("sampler.block_causal reads a block-causal model through the prefix cache: "
+                            "set sampler.cache=prefix")
+        if self.block_causal and prompt_len % max(self.block_size, 1):
+            raise UserError(f"sampler.block_causal: the prompt ({prompt_len} tokens) must fill whole "
+                            f"blocks of sampler.block_size={self.block_size}, as in block diffusion")
         if self.stop_at_eos and not self.block_size:
             raise UserError("sampler.stop_at_eos stops after a semi-AR block: set sampler.block_size")
         if self.cache != "none" and (not self.block_size or gen % self.block_size):
@@ -209,6 +225,8 @@ class MaskedDiffusionSampler(Sampler):
             out.pop("prompt_cache", None)
         if self.cache == "none":
             out.pop("cache", None)
+        if not self.block_causal:
+            out.pop("block_causal", None)
         if not self.stop_at_eos:
             out.pop("stop_at_eos", None)
         out.pop("eos_id", None)
@@ -326,6 +344,8 @@ class MaskedDiffusionSampler(Sampler):
 
         The blocks are unrolled at trace time because the prefix view's width shrinks block by
         block (shapes must be static); each block's steps stay one compiled loop."""
+        if self.block_causal:
+            return self._fill_block_causal(model, key, z, start)
         b, length = z.shape
         bs = self.block_size
         n_blocks = (length - start) // bs
@@ -365,6 +385,49 @@ class MaskedDiffusionSampler(Sampler):
             nfe = nfe + n
             cost = (length - first + (n - 1) * (end - lo)) if fresh else n * (end - lo)
             recomputed = recomputed + jnp.where(n > 0, cost, 0)
+        return z, nfe, recomputed
+
+    def _fill_block_causal(self, model, key, z, start: int):
+        """``cache=prefix`` on a model that attends block-causally (block k sees blocks <= k and
+        never a later one: BD3LM's attention, ``block_causal``). A finished block's keys/values
+        then never change, so the prefix refresh reduces to one forward over the block just
+        finished, written into a static cache (``model.commit``): block diffusion's exact cache,
+        reached through this loop (tests/test_block_cache.py: equal to ``samplers/bd3lm.py``
+        token for token). The prompt fills whole blocks and is committed block by block; block
+        keys are folded by the absolute block index, as block diffusion folds them.
+        Returns (tokens[B, L], nfe, recomputed)."""
+        b, length = z.shape
+        bs = self.block_size
+        if start % bs:
+            raise UserError(f"sampler.block_causal: the prompt ({start} tokens) must fill whole blocks "
+                            f"of sampler.block_size={bs}")
+        n_blocks = (length - start) // bs
+        per_block = max(1, self.steps // n_blocks)
+        cache = model.init_cache(b, length)
+
+        def commit(cache, z, lo):  # the finished block's keys/values, as later blocks read them
+            return model.commit(cache, model.decode_block(z[:, lo:lo + bs], cache, lo)[1], lo)
+
+        for lo in range(0, start, bs):
+            cache = commit(cache, z, lo)
+        nfe, done = jnp.int32(start // bs), jnp.zeros((b,), bool)
+        recomputed = jnp.int32(start)
+        for i in range(n_blocks):
+            lo, hi = start + i * bs, start + (i + 1) * bs
+
+            def run(z, cache=cache, lo=lo, hi=hi):
+                sub, n = self.fill_block(CachedView(model, cache, lo), jax.random.fold_in(key, lo // bs),
+                                         z[:, lo:hi], jnp.ones((bs,), bool), per_block)
+                return z.at[:, lo:hi].set(sub), n
+
+            todo = jnp.any(z[:, lo:hi] == self.mask_id) & ~self._stopped(done)
+            z, n = jax.lax.cond(todo, run, lambda z: (z, jnp.int32(0)), z)
+            done = done | jnp.any(z[:, lo:hi] == self.eos_id, axis=1)
+            nfe, recomputed = nfe + n, recomputed + n * bs
+            if i + 1 < n_blocks:  # the last block is read by no one
+                go = ~self._stopped(done)
+                cache = jax.lax.cond(go, lambda c, z=z, lo=lo: commit(c, z, lo), lambda c: c, cache)
+                nfe, recomputed = nfe + go.astype(jnp.int32), recomputed + go.astype(jnp.int32) * bs
         return z, nfe, recomputed
 
     def fill_block(self, model, key, z, eligible, n_steps):  # pragma: no cover - interface
@@ -462,9 +525,13 @@ class TopKConfidence(MaskedDiffusionSampler):
         return z, nfe
 
 
+ORDERS = ("auto", "confidence", "random")
+
+
 @dataclass(frozen=True)
 class Threshold(MaskedDiffusionSampler):
     tau: float = 0.9
+    order: str = "auto"  # the one reveal a step always makes: confidence | random | auto (module doc)
     name: str = "mdm_threshold"
     uses_steps = False
 
@@ -472,6 +539,38 @@ class Threshold(MaskedDiffusionSampler):
         super().check(**kw)
         if not 0 < self.tau <= 1:
             raise UserError(f"sampler.tau={self.tau} must be in (0, 1]")
+        if self.order not in ORDERS:
+            raise UserError(f"sampler.order: unknown value '{self.order}' "
+                            "(choose auto, confidence or random)")
+
+    @property
+    def pick(self) -> str:
+        """The order ``auto`` resolves to: by confidence for greedy tokens, at random for drawn ones."""
+        if self.order != "auto":
+            return self.order
+        return "confidence" if self.precision == "greedy" else "random"
+
+    def settings(self) -> dict:
+        out = super().settings()
+        out["order"] = self.pick
+        if self.pick == "confidence":  # Fast-dLLM's rule: unchanged labels for every earlier result
+            out.pop("order")
+        return out
+
+    def reveal(self, key, logits, z, eligible):
+        """One step's choice: (take bool[B, L], drawn tokens x[B, L], their probability conf[B, L]).
+        ``take`` holds every eligible masked position whose draw has probability >= tau, and
+        one more per row picked by ``order`` (``scripts/threshold_trace.py`` replays it)."""
+        k, k_pos = jax.random.split(key) if self.pick == "random" else (key, None)
+        x, conf = self.draw(k, logits)
+        cand = (z == self.mask_id) & eligible
+        score = jnp.where(cand, conf, -1.0)
+        # the guaranteed reveal: the most confident position (Fast-dLLM), or a uniformly
+        # chosen one (the first-hitting rule), which leaves the model's distribution unbiased
+        rank = score if self.pick == "confidence" else jnp.where(cand, prng.uniform(k_pos, z.shape), -1.0)
+        best = jnp.argmax(rank, axis=-1)
+        take = cand & ((score >= self.tau) | (jnp.arange(z.shape[1])[None, :] == best[:, None]))
+        return take, x, conf
 
     def fill_block(self, model, key, z, eligible, n_steps):
         del n_steps
@@ -481,11 +580,7 @@ class Threshold(MaskedDiffusionSampler):
 
         def body(c):
             z, nfe = c
-            x, conf = self.draw(jax.random.fold_in(key, nfe), self.predict(model, z))
-            cand = (z == self.mask_id) & eligible
-            score = jnp.where(cand, conf, -1.0)
-            best = jnp.argmax(score, axis=-1)
-            take = cand & ((score >= self.tau) | (jnp.arange(z.shape[1])[None, :] == best[:, None]))
+            take, x, _ = self.reveal(jax.random.fold_in(key, nfe), self.predict(model, z), z, eligible)
             return jnp.where(take, x, z), nfe + 1
 
         return jax.lax.while_loop(cond, body, (z, jnp.int32(0)))
