@@ -61,12 +61,12 @@ def test_prefix_with_one_block_and_a_self_attending_prompt_is_exact(s):
                          ids=["threshold-prompt", "ancestral"])
 def test_prefix_under_the_block_causal_mask_is_the_exact_block_diffusion_cache(inner, prompt_len):
     """On a model read block-causally (a BD3LM run's attention) the prefix cache is exact: the
-    masked-diffusion loop with ``block_causal`` gives block diffusion's tokens, EOS stop included."""
+    masked-diffusion loop with ``cache=causal`` gives block diffusion's tokens, EOS stop included."""
     bs, length = 4, 16
     prompt = jnp.asarray(np.arange(1, 1 + 3 * prompt_len).reshape(3, prompt_len) % 12, jnp.int32)
     ref = BD3LMSampler(block_size=bs, inner=inner, stop_at_eos=True).bind(Tok)
     per_block = inner.steps if getattr(inner, "uses_steps", False) else 1
-    s = inner.replace(block_size=bs, cache="prefix", block_causal=True, stop_at_eos=True,
+    s = inner.replace(block_size=bs, cache="causal", stop_at_eos=True,
                       steps=per_block * (length - prompt_len) // bs).bind(Tok)
     s.check(family="mdm", length=length, prompt_len=prompt_len)
     want = jax.jit(lambda k: ref.generate(MODEL, k, prompt, length))(jax.random.PRNGKey(2))
@@ -74,10 +74,8 @@ def test_prefix_under_the_block_causal_mask_is_the_exact_block_diffusion_cache(i
     np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
     assert int(got[1]) == int(want[1]) - 1  # block diffusion also commits its last block
     assert (np.asarray(got[0]) == Tok.eos_id).any()  # the EOS rule was exercised
-    with pytest.raises(UserError, match="sampler.cache=prefix"):
-        inner.replace(block_size=bs, block_causal=True).check(family="mdm", length=16, prompt_len=0)
     with pytest.raises(UserError, match="whole blocks"):
-        Threshold(block_size=bs, cache="prefix", block_causal=True).check(family="mdm", length=16, prompt_len=3)
+        Threshold(block_size=bs, cache="causal").check(family="mdm", length=16, prompt_len=3)
 
 
 @pytest.mark.parametrize("s,cache", [(TopKConfidence(steps=8), "prefix"), (Threshold(tau=0.9), "dual")],

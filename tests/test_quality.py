@@ -88,8 +88,8 @@ def test_eos_flood_counts_early_ends_and_padding():
 
 
 def test_long_samples_are_cut_into_judge_windows():
-    tokens, valid = _windows([np.arange(5), np.arange(2)], window=2, pad_id=0)
-    assert tokens.shape == (4, 2)
+    tokens, valid, owner = _windows([np.arange(5), np.arange(2)], window=2, pad_id=0)
+    assert tokens.shape == (4, 2) and owner.tolist() == [0, 0, 0, 1]
     assert valid.sum(axis=1).tolist() == [2, 2, 1, 2]
     assert tokens[valid].tolist() == [0, 1, 2, 3, 4, 0, 1]
 
@@ -116,6 +116,11 @@ def test_gen_perplexity_prefers_the_judges_own_text_to_random_bytes(judge_run):
     assert ppl_text < ppl_noise
     q = sample_quality(["" for _ in text], text, judge=judge)
     assert q["gen_ppl"] == pytest.approx(ppl_text, rel=1e-5)
+    # standard error over samples: positive for different samples, zero for copies of one
+    ppl, se = judge.perplexity(text, stderr=True)
+    assert ppl == pytest.approx(ppl_text, rel=1e-6) and 0 < se < ppl
+    assert q["gen_ppl_stderr"] == pytest.approx(se)
+    assert judge.perplexity(np.tile(text[:1], (4, 1)), stderr=True)[1] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_a_judge_must_be_an_ar_run(tmp_path):

@@ -91,8 +91,10 @@ def add_arguments(p) -> None:
     p.add_argument("--length-div", type=int, default=None,
                    help="ancestral steps in the length and batch sweeps = generated / this (8)")
     p.add_argument("--blocks", default=None, help="semi-AR block sizes of the block sweep (16,32,64; '')")
+    p.add_argument("--block-steps-div", default=None,
+                   help="ancestral steps of the block sweep as divisors of the generated length (4: L/4)")
     p.add_argument("--caches", default=None,
-                   help="approximate block caches timed beside none in the block sweep (prefix,dual; '')")
+                   help="block caches timed beside none in the block sweep (prefix,dual; also causal; '')")
     p.add_argument("--bd3lm-blocks", default=None,
                    help="bd3lm block sizes (4,16,64); ancestral inside, block/--length-div steps per block")
     p.add_argument("--prompt-len", type=int, default=None, help="random prompt tokens before the output (0)")
@@ -143,13 +145,14 @@ def resolve(args) -> argparse.Namespace:
     o.lengths = int_list(o.lengths, "--lengths", 2)
     o.batches = int_list(o.batches, "--batches", 1)
     o.steps_div = int_list(o.steps_div, "--steps-div", 1)
+    o.block_steps_div = int_list(o.block_steps_div, "--block-steps-div", 1)
     o.blocks = int_list(o.blocks, "--blocks", 1)
     o.bd3lm_blocks = int_list(o.bd3lm_blocks, "--bd3lm-blocks", 1)
     o.taus = float_list(o.taus, "--taus")
     o.caches = csv_list(o.caches)
-    bad = [c for c in o.caches if c not in ("none", "prefix", "dual")]
+    bad = [c for c in o.caches if c not in ("none", "prefix", "dual", "causal")]
     if bad:
-        raise UserError(f"--caches: unknown '{','.join(bad)}' (choose from prefix,dual)")
+        raise UserError(f"--caches: unknown '{','.join(bad)}' (choose from prefix,dual,causal)")
     if not o.lengths or not o.batches:
         raise UserError("--lengths and --batches must each name at least one value")
     for t in [*o.taus, o.tau]:

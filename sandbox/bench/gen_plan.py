@@ -64,8 +64,8 @@ PRESETS = {
 }
 DEFAULTS = dict(samplers=",".join(SAMPLERS), lengths="64,128,256,512", length=128, batches="1,32",
                 taus="0.7,0.8,0.9,0.95", tau=0.9, steps_div="16,8,4,2,1", steps_batches="1",
-                length_div=8, blocks="16,32,64", caches="prefix,dual", bd3lm_blocks="4,16,64",
-                nocache_tokens=64, prompt_len=0,
+                length_div=8, blocks="16,32,64", block_steps_div="4", caches="prefix,dual",
+                bd3lm_blocks="4,16,64", nocache_tokens=64, prompt_len=0,
                 warmup=1, repeats=5,
                 max_seconds=2.0, fwd_repeats=3, max_call_s=20.0, quality_samples=32,
                 quality_seconds=30.0)
@@ -240,8 +240,9 @@ def plan(o, subjects: dict[str, Subject]) -> list[Point]:
         for bs in blocks:
             n_blocks = -(-g0 // bs)
             for c in _caches(o, g0, bs):
-                add("block", "mdm_ancestral", Ancestral(steps=max(n_blocks, g0 // 4), block_size=bs, cache=c),
-                    1, L0)
+                for d in o.block_steps_div:
+                    add("block", "mdm_ancestral",
+                        Ancestral(steps=max(n_blocks, g0 // d), block_size=bs, cache=c), 1, L0)
     if "mdm_topk_confidence" in S:
         for b in step_batches:
             for s in steps0:

@@ -4,7 +4,7 @@ API (``sandbox.evaluate`` and the generation benchmark import these):
 
 - ``sample_quality(texts: list[str], tokens: list[np.ndarray] | np.ndarray, *,
   judge: Judge | None = None, code: bool = False) -> dict`` with keys
-  ``n_samples``, ``gen_ppl`` (None without a judge), ``unigram_entropy``,
+  ``n_samples``, ``gen_ppl`` and ``gen_ppl_stderr`` (None without a judge), ``unigram_entropy``,
   ``unigram_entropy_pooled``, ``distinct_1`` .. ``distinct_4``, ``ast_parse_rate`` and
   ``ast_parse_rate_lines`` (both None unless ``code``), and with ``eos_id=`` the EOS flood
   (``eos_ended``, ``eos_first_frac``, ``eos_share``). ``texts[i]`` is the decoded
@@ -154,42 +154,44 @@ def ast_parse_rate_lines(texts) -> float:
 # --- generative perplexity under an AR judge --------------------------------------------------
 def _windows(token_arrays, window: int, pad_id: int):
     """Cut every sample into consecutive windows of <= ``window`` tokens.
-    Returns (tokens[M, window] int32, valid[M, window] bool)."""
-    rows, valid = [], []
-    for s in _as_list(token_arrays):
+    Returns (tokens[M, window] int32, valid[M, window] bool, sample index of each window [M])."""
+    rows, valid, owner = [], [], []
+    for n, s in enumerate(_as_list(token_arrays)):
         for i in range(0, len(s), window):
             piece = np.asarray(s[i:i + window], dtype=np.int32)
             row = np.full(window, pad_id, np.int32)
             row[:len(piece)] = piece
             rows.append(row)
             valid.append(np.arange(window) < len(piece))
+            owner.append(n)
     if not rows:
-        return np.zeros((0, window), np.int32), np.zeros((0, window), bool)
-    return np.stack(rows), np.stack(valid)
+        return np.zeros((0, window), np.int32), np.zeros((0, window), bool), np.zeros(0, np.int64)
+    return np.stack(rows), np.stack(valid), np.asarray(owner)
 
 
 def make_scorer(graphdef, objective):
-    """jit(params, tokens[B, W], valid[B, W]) -> (sum of NLL nats, number of tokens).
+    """jit(params, tokens[B, W], valid[B, W]) -> (NLL nats [B], number of tokens [B]) per row.
     Causal: padding after a window's end cannot change the NLL of the tokens before it."""
 
     def score(params, tokens, valid):
         nll = objective.per_token(nnx.merge(graphdef, params), tokens)
-        return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid)
+        return jnp.sum(jnp.where(valid, nll, 0.0), axis=-1), jnp.sum(valid, axis=-1)
 
     return jax.jit(score)
 
 
 def gen_perplexity(graphdef, params, objective, token_arrays, *, window: int, batch_size: int = 32,
-                   vocab_size: int | None = None, scorer=None) -> float:
+                   vocab_size: int | None = None, scorer=None, stderr: bool = False):
     """exp(mean NLL per token) of an AR model (``objective`` bound to its tokenizer) over
     every token of ``token_arrays`` ([N, L] or N arrays), each sample scored in windows
     of <= ``window`` tokens after BOS. Batches are padded to ``batch_size`` rows, so the
-    scorer compiles once."""
+    scorer compiles once. ``stderr``: (ppl, its standard error over samples), the delta
+    method on the ratio estimator (sum NLL / sum tokens, samples as the units)."""
     if not is_judge(objective):
         raise UserError(f"the judge must be an exact left-to-right model (objective={objective.name} is not)")
-    tokens, valid = _windows(token_arrays, window, pad_id=0)
+    tokens, valid, owner = _windows(token_arrays, window, pad_id=0)
     if not valid.any():
-        return float("nan")
+        return (float("nan"), float("nan")) if stderr else float("nan")
     if vocab_size is not None and int(tokens[valid].max()) >= vocab_size:
         raise UserError(f"samples hold token id {int(tokens[valid].max())} outside the judge's "
                         f"vocabulary ({vocab_size}); the judge must use the samples' tokenizer")
@@ -198,12 +200,27 @@ def gen_perplexity(graphdef, params, objective, token_arrays, *, window: int, ba
     pad = (-len(tokens)) % b
     tokens = np.concatenate([tokens, np.zeros((pad, window), np.int32)])
     valid = np.concatenate([valid, np.zeros((pad, window), bool)])
-    total, count = 0.0, 0
+    nll, cnt = [], []
     for i in range(0, len(tokens), b):
         s, c = scorer(params, jnp.asarray(tokens[i:i + b]), jnp.asarray(valid[i:i + b]))
-        total += float(s)
-        count += int(c)
-    return math.exp(total / count)
+        nll.append(np.asarray(s, np.float64))
+        cnt.append(np.asarray(c, np.float64))
+    n_win = len(owner)
+    nll, cnt = np.concatenate(nll)[:n_win], np.concatenate(cnt)[:n_win]
+    per_s = np.bincount(owner, nll)            # per sample: NLL nats and tokens
+    per_c = np.bincount(owner, cnt)
+    keep = per_c > 0
+    per_s, per_c = per_s[keep], per_c[keep]
+    mean = per_s.sum() / per_c.sum()
+    ppl = math.exp(mean)
+    if not stderr:
+        return ppl
+    n = len(per_c)
+    if n < 2:
+        return ppl, float("nan")
+    resid = per_s - mean * per_c
+    se_log = math.sqrt(n / (n - 1) * float(np.sum(resid ** 2))) / per_c.sum()
+    return ppl, ppl * se_log
 
 
 @dataclass
@@ -223,12 +240,13 @@ class Judge:
     batch_size: int = 32
     _scorer: object = field(default=None, repr=False)
 
-    def perplexity(self, token_arrays) -> float:
+    def perplexity(self, token_arrays, stderr: bool = False):
+        """gen-perplexity of the samples (``stderr``: with its standard error, a pair)."""
         if self._scorer is None:
             self._scorer = make_scorer(self.graphdef, self.objective)
         return gen_perplexity(self.graphdef, self.params, self.objective, token_arrays,
                               window=self.window, batch_size=self.batch_size,
-                              vocab_size=self.vocab_size, scorer=self._scorer)
+                              vocab_size=self.vocab_size, scorer=self._scorer, stderr=stderr)
 
 
 def is_judge(objective) -> bool:
@@ -281,8 +299,8 @@ def sample_quality(texts: list[str], tokens, *, judge: Judge | None = None, code
     texts = list(texts)
     if len(texts) != len(seqs):
         raise ValueError(f"{len(texts)} texts but {len(seqs)} token arrays")
-    out = {"n_samples": len(seqs),
-           "gen_ppl": judge.perplexity(seqs) if judge is not None else None,
+    ppl, se = judge.perplexity(seqs, stderr=True) if judge is not None else (None, None)
+    out = {"n_samples": len(seqs), "gen_ppl": ppl, "gen_ppl_stderr": se,
            "unigram_entropy": unigram_entropy(seqs),
            "unigram_entropy_pooled": unigram_entropy(seqs, pooled=True)}
     for n in (1, 2, 3, 4):

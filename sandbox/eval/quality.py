@@ -38,8 +38,8 @@ from sandbox.core.runs import LoadedRun, has_checkpoint
 from sandbox.data import eval_batches
 from sandbox.eval.metrics import Judge, load_judge, sample_quality
 
-METRICS = ("gen_ppl", "unigram_entropy", "unigram_entropy_pooled", "distinct_1", "distinct_2",
-           "distinct_3", "distinct_4", "ast_parse_rate", "ast_parse_rate_lines", "eos_ended",
+METRICS = ("gen_ppl", "gen_ppl_stderr", "unigram_entropy", "unigram_entropy_pooled", "distinct_1",
+           "distinct_2", "distinct_3", "distinct_4", "ast_parse_rate", "ast_parse_rate_lines", "eos_ended",
            "eos_first_frac", "eos_share")
 
 

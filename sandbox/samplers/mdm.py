@@ -95,7 +95,7 @@ from sandbox.samplers.categorical import sample
 
 GRIDS = ("uniform", "cosine")
 PROMPT_ATTENTION = ("full", "self")
-CACHES = ("none", "prefix", "dual")
+CACHES = ("none", "prefix", "dual", "causal")
 
 
 def time_grid(n: int, kind: str):
@@ -165,8 +165,7 @@ class MaskedDiffusionSampler(Sampler):
     banned_ids: tuple = ()   # BOS / PAD: never in the training data, never drawn
     prompt_attention: str = "full"  # "self": the run's prompt attends only to itself (module doc)
     prompt_cache: bool = True       # with "self": the exact prompt cache (False: full forwards)
-    cache: str = "none"      # approximate block cache: none | prefix | dual (module doc)
-    block_causal: bool = False  # cache=prefix on a block-causal model (BD3LM's attention): exact
+    cache: str = "none"      # block cache: none | prefix | dual | causal (module doc)
     stop_at_eos: bool = False  # semi-AR blocks: stop after the block in which every row has EOS
     eos_id: int = -1
     name: str = "mdm"
@@ -199,12 +198,10 @@ class MaskedDiffusionSampler(Sampler):
             raise UserError(f"sampler.prompt_attention: unknown value '{self.prompt_attention}' "
                             "(choose full or self)")
         if self.cache not in CACHES:
-            raise UserError(f"sampler.cache: unknown value '{self.cache}' (choose none, prefix or dual)")
-        if self.block_causal and self.cache != "prefix":
-            raise UserError("sampler.block_causal reads a block-causal model through the prefix cache: "
-                            "set sampler.cache=prefix")
-        if self.block_causal and prompt_len % max(self.block_size, 1):
-            raise UserError(f"sampler.block_causal: the prompt ({prompt_len} tokens) must fill whole "
+            raise UserError(f"sampler.cache: unknown value '{self.cache}' "
+                            "(choose none, prefix, dual or causal)")
+        if self.cache == "causal" and prompt_len % max(self.block_size, 1):
+            raise UserError(f"sampler.cache=causal: the prompt ({prompt_len} tokens) must fill whole "
                             f"blocks of sampler.block_size={self.block_size}, as in block diffusion")
         if self.stop_at_eos and not self.block_size:
             raise UserError("sampler.stop_at_eos stops after a semi-AR block: set sampler.block_size")
@@ -225,8 +222,6 @@ class MaskedDiffusionSampler(Sampler):
             out.pop("prompt_cache", None)
         if self.cache == "none":
             out.pop("cache", None)
-        if not self.block_causal:
-            out.pop("block_causal", None)
         if not self.stop_at_eos:
             out.pop("stop_at_eos", None)
         out.pop("eos_id", None)
@@ -344,7 +339,7 @@ class MaskedDiffusionSampler(Sampler):
 
         The blocks are unrolled at trace time because the prefix view's width shrinks block by
         block (shapes must be static); each block's steps stay one compiled loop."""
-        if self.block_causal:
+        if self.cache == "causal":
             return self._fill_block_causal(model, key, z, start)
         b, length = z.shape
         bs = self.block_size
@@ -388,18 +383,20 @@ class MaskedDiffusionSampler(Sampler):
         return z, nfe, recomputed
 
     def _fill_block_causal(self, model, key, z, start: int):
-        """``cache=prefix`` on a model that attends block-causally (block k sees blocks <= k and
-        never a later one: BD3LM's attention, ``block_causal``). A finished block's keys/values
-        then never change, so the prefix refresh reduces to one forward over the block just
-        finished, written into a static cache (``model.commit``): block diffusion's exact cache,
-        reached through this loop (tests/test_block_cache.py: equal to ``samplers/bd3lm.py``
-        token for token). The prompt fills whole blocks and is committed block by block; block
-        keys are folded by the absolute block index, as block diffusion folds them.
-        Returns (tokens[B, L], nfe, recomputed)."""
+        """``cache=causal``: the model is read block-causally (a block sees the finished blocks
+        and itself, never the masked suffix; a finished block's keys/values are computed once,
+        by one forward over it when it is finished, and written into a static cache with
+        ``model.commit``). For a block-causal model (BD3LM's attention) this *is* the prefix
+        refresh, exactly: block diffusion's cache (tests/test_block_cache.py: equal to
+        ``samplers/bd3lm.py`` token for token). For a bidirectionally trained MDLM it is the
+        cheapest approximation (dKV-Cache-like delayed caching, Ma et al. 2025): no full-length
+        refresh, and every step computes only the block's tokens. The prompt fills whole
+        blocks and is committed block by block; block keys are folded by the absolute block
+        index, as block diffusion folds them. Returns (tokens[B, L], nfe, recomputed)."""
         b, length = z.shape
         bs = self.block_size
         if start % bs:
-            raise UserError(f"sampler.block_causal: the prompt ({start} tokens) must fill whole blocks "
+            raise UserError(f"sampler.cache=causal: the prompt ({start} tokens) must fill whole blocks "
                             f"of sampler.block_size={bs}")
         n_blocks = (length - start) // bs
         per_block = max(1, self.steps // n_blocks)
