@@ -41,7 +41,7 @@ test-all: $(STAMP)
 
 # style (ruff) and layering (import-linter contracts in pyproject.toml); .ci/run runs it
 lint: $(STAMP)
-	$(BIN)/ruff check sandbox analysis tests
+	$(BIN)/ruff check sandbox analysis tests scripts
 	$(BIN)/lint-imports
 
 bench-train: $(STAMP)

@@ -145,10 +145,11 @@ def test_bd3lm_points_time_block_diffusion_with_its_cache(tmp_path):
 
 def test_block_sweep_times_the_approximate_caches_beside_none(tmp_path):
     r = cli.main(["gen", "--samplers", "mdm_threshold", "--lengths", "8", "--length", "8", "--batches", "1",
-                  "--taus", "0.9", "--blocks", "4", "--caches", "prefix,dual", "--repeats", "1",
+                  "--taus", "0.9", "--blocks", "4", "--caches", "prefix,dual,causal", "--repeats", "1",
                   "--max-seconds", "0", "--fwd-repeats", "1", "--out", str(tmp_path), *OVR])
     block = {x["settings"].get("cache", "none"): x for x in r["rows"] if "block" in x["sweeps"]}
-    assert set(block) == {"none", "prefix", "dual"}
+    assert set(block) == {"none", "prefix", "dual", "causal"}
+    assert block["causal"]["recomputed_tokens"] < block["none"]["recomputed_tokens"]
     assert "dual cache" in block["dual"]["settings_text"]
     for row in block.values():
         assert row["recomputed_tokens"] <= row["nfe"] * 8
@@ -157,6 +158,28 @@ def test_block_sweep_times_the_approximate_caches_beside_none(tmp_path):
     assert block["dual"]["recomputed_tokens"] < block["none"]["recomputed_tokens"]
     with pytest.raises(SystemExit):
         cli.main(["gen", "--caches", "triple", "--out", str(tmp_path), *OVR])
+
+
+def test_block_sweep_plans_each_cache_batch_and_step_count():
+    """The ancestral block sweep: every cache x {1, largest batch} x --block-steps-div (planned, not run)."""
+    import argparse
+    from types import SimpleNamespace
+
+    from sandbox.bench import gen
+    from sandbox.data.tokenizers import ByteTokenizer
+
+    p = argparse.ArgumentParser()
+    gen.add_arguments(p)
+    o = gen.resolve(p.parse_args(["--samplers", "mdm_ancestral", "--length", "64", "--lengths", "64",
+                                  "--batches", "1,8", "--blocks", "16", "--block-steps-div", "4,8",
+                                  "--caches", "dual,causal"]))
+    subj = SimpleNamespace(tokenizer=ByteTokenizer(), trained=SimpleNamespace(), family="mdm",
+                           objective="mdlm")
+    pts = [x for x in gen_plan.plan(o, {"mdm": subj}) if "block" in x.sweeps]
+    got = {(x.sampler.cache, x.batch, x.sampler.steps) for x in pts}
+    assert got == {(c, b, s) for c in ("none", "dual", "causal") for b in (1, 8) for s in (16, 8)}
+    with pytest.raises(SystemExit):
+        cli.main(["gen", "--block-steps-div", "0"])
 
 
 def test_bd3lm_cost_prediction_counts_block_calls_not_full_forwards():

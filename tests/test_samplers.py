@@ -133,7 +133,8 @@ _SLOW = pytest.mark.slow  # one compile per case (~5 s on 2 cores): the one-bloc
 MDM = [pytest.param(Ancestral(steps=13), marks=_SLOW), Ancestral(steps=8, block_size=5, grid="cosine"),
        pytest.param(FirstHitting(), marks=_SLOW), FirstHitting(block_size=4),
        pytest.param(TopKConfidence(steps=13), marks=_SLOW), TopKConfidence(steps=6, block_size=5),
-       Threshold(tau=0.8), Threshold(tau=0.95, block_size=7), ReMDM(steps=8, eta=0.5, t_on=1.0)]
+       pytest.param(Threshold(tau=0.8), marks=_SLOW), Threshold(tau=0.95, block_size=7),
+       ReMDM(steps=8, eta=0.5, t_on=1.0)]
 
 
 @pytest.fixture(scope="module")
@@ -449,7 +450,8 @@ class _EosTable(_Table):
         super().__init__(jnp.asarray(table))
 
 
-@pytest.mark.parametrize("s", [Threshold(tau=0.9, block_size=4), Ancestral(steps=8, block_size=4),
+@pytest.mark.parametrize("s", [Threshold(tau=0.9, block_size=4),
+                               pytest.param(Ancestral(steps=8, block_size=4), marks=_SLOW),
                                Threshold(tau=0.9, block_size=4, cache="dual")],
                          ids=["threshold", "ancestral", "dual"])
 def test_stop_at_eos_skips_later_blocks_and_pads_with_eos(s):

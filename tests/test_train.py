@@ -97,7 +97,8 @@ def test_run_folder_layout_and_metrics(uninterrupted, obj):
 # ----------------------------------------------------------------------------- resume
 
 
-@pytest.mark.parametrize("obj", ["ar", "mdlm"])
+# mdlm's twin runs with -m slow (the resume path is the objective-independent trainer's)
+@pytest.mark.parametrize("obj", ["ar", pytest.param("mdlm", marks=pytest.mark.slow)])
 def test_sigterm_then_resume_matches_an_uninterrupted_run(uninterrupted, sandbox_cache, tmp_path,
                                                           monkeypatch, obj):
     """SIGTERM during step 4 (not a checkpoint step): the trainer saves step 4 and exits;

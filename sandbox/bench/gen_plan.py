@@ -239,10 +239,11 @@ def plan(o, subjects: dict[str, Subject]) -> list[Point]:
             add("batch", "mdm_ancestral", Ancestral(steps=max(1, g0 // o.length_div)), b, L0)
         for bs in blocks:
             n_blocks = -(-g0 // bs)
-            for c in _caches(o, g0, bs):
-                for d in o.block_steps_div:
-                    add("block", "mdm_ancestral",
-                        Ancestral(steps=max(n_blocks, g0 // d), block_size=bs, cache=c), 1, L0)
+            for b in sorted({1, max(o.batches)}):
+                for c in _caches(o, g0, bs):
+                    for d in o.block_steps_div:
+                        add("block", "mdm_ancestral",
+                            Ancestral(steps=max(n_blocks, g0 // d), block_size=bs, cache=c), b, L0)
     if "mdm_topk_confidence" in S:
         for b in step_batches:
             for s in steps0:
