@@ -190,6 +190,17 @@ def test_bd3lm_cost_prediction_counts_block_calls_not_full_forwards():
     assert gen_time.predict_nfe(p, []) == 6            # (2 steps + 1 commit) x 2, not 128 forwards
 
 
+def test_cached_cost_prediction_counts_the_positions_a_smaller_batch_computed():
+    from sandbox.samplers.mdm import Ancestral
+
+    s = Ancestral(steps=64, block_size=32, cache="causal")
+    p = gen_plan.Point("mdm", "mdm_ancestral", s, 32, 512, 0)
+    assert gen_time.predict_nfe(p, []) == 64           # nothing measured: the step count
+    small = {"sampler": s.name, "settings": s.settings(), "batch": 1, "length": 512, "prompt_len": 0,
+             "nfe": 79, "recomputed_tokens": 79 * 32}
+    assert gen_time.predict_nfe(p, [small]) == 5       # 2,528 positions = 5 forwards of 512, not 64
+
+
 def test_random_subjects_use_the_objective_that_declares_the_family():
     """No table of objective names: a family's random model trains with the first
     conf/objective/ config whose objective says it is read by that family's samplers."""

@@ -22,6 +22,7 @@ from sandbox.eval.metrics import (
     outermost_block,
     sample_quality,
     unigram_entropy,
+    until_first_eos,
 )
 from sandbox.train import run
 
@@ -85,6 +86,15 @@ def test_eos_flood_counts_early_ends_and_padding():
     assert q["eos_first_frac"] == pytest.approx((1.0 + 0.25 + 0.0) / 3)
     assert q["eos_share"] == pytest.approx(4 / 12)
     assert "eos_ended" not in sample_quality([""], tokens[:1])
+
+
+def test_samples_padded_after_eos_are_read_up_to_it():
+    from sandbox.samplers import ARSampler, BD3LMSampler, Threshold
+
+    cut = until_first_eos(np.array([[1, 9, 9, 9], [1, 2, 3, 4], [9, 9, 1, 1]]), eos_id=9)
+    assert [c.tolist() for c in cut] == [[1, 9], [1, 2, 3, 4], [9]]
+    assert Threshold(block_size=4, stop_at_eos=True).pads_after_eos and not Threshold().pads_after_eos
+    assert BD3LMSampler(stop_at_eos=False).pads_after_eos and not ARSampler().pads_after_eos
 
 
 def test_long_samples_are_cut_into_judge_windows():

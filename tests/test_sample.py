@@ -182,6 +182,11 @@ def test_evaluate_quality_writes_samples_and_reference_stats(runs, capsys):
     assert Path(line["samples_file"]).exists()
     out = capsys.readouterr().out
     assert "gen_ppl" in out and "reference (val)" in out
+    assert line["until_eos"] is False
+    stop = evaluate_mod.task(eval_cfg("eval=quality", f"run_dir={runs['mdlm']}", f"runs_root={runs['root']}",
+                                      "sampler=mdm_ancestral", "sampler.steps=4", "sampler.block_size=8",
+                                      "sampler.stop_at_eos=true"))
+    assert stop["until_eos"] is True and math.isfinite(stop["samples"]["gen_ppl"])
 
 
 def test_evaluate_without_a_judge(runs, tmp_path):

@@ -109,16 +109,22 @@ class Forwards:
 def predict_nfe(p: Point, measured: list[dict]) -> int:
     """Full forwards to predict a call's cost with before running it (an upper bound where
     known). bd3lm calls read one block each (plus the cache), so a whole generation costs
-    about (steps per block + 1 commit) full forwards; doubled for the cache reads."""
+    about (steps per block + 1 commit) full forwards; doubled for the cache reads. A block
+    cache measured at a smaller batch costs the token positions it computed there, in full
+    forwards (its NFE counts partial ones)."""
     s = p.sampler
     if p.kind == "bd3lm":
         steps = s.inner.steps if getattr(s.inner, "uses_steps", False) else s.block_size
         return 2 * (int(steps) + 1)
+    # the same sampler measured at a smaller batch (small batches run first)
+    same = [r for r in measured if r["sampler"] == s.name and r["settings"] == s.settings()
+            and r["batch"] < p.batch and (r["length"], r["prompt_len"]) == (p.length, p.prompt_len)]
+    recomputed = [r.get("recomputed_tokens") for r in same]
+    if same and None not in recomputed and getattr(s, "cache", "none") != "none":
+        # a block cache's calls are partial forwards: count the token positions they computed
+        return max(1, -(-int(max(recomputed)) // p.length))
     if p.kind == "mdm_threshold":
-        same = [r["nfe"] for r in measured
-                if r["sampler"] == "mdm_threshold" and r["settings"] == s.settings() and r["batch"] < p.batch
-                and (r["length"], r["prompt_len"]) == (p.length, p.prompt_len)]
-        return int(max(same)) if same else p.generated
+        return int(max(r["nfe"] for r in same)) if same else p.generated
     if getattr(s, "uses_steps", False):
         return int(s.steps)
     return p.generated

@@ -7,7 +7,9 @@ API (``sandbox.evaluate`` and the generation benchmark import these):
   ``n_samples``, ``gen_ppl`` and ``gen_ppl_stderr`` (None without a judge), ``unigram_entropy``,
   ``unigram_entropy_pooled``, ``distinct_1`` .. ``distinct_4``, ``ast_parse_rate`` and
   ``ast_parse_rate_lines`` (both None unless ``code``), and with ``eos_id=`` the EOS flood
-  (``eos_ended``, ``eos_first_frac``, ``eos_share``). ``texts[i]`` is the decoded
+  (``eos_ended``, ``eos_first_frac``, ``eos_share``). ``until_first_eos`` cuts samples
+  whose sampler pads after EOS (``eval=quality`` then scores the text up to the first EOS
+  and takes the EOS statistics from the whole output). ``texts[i]`` is the decoded
   ``tokens[i]``; token statistics read ``tokens``, the parse rates read ``texts``.
 - ``load_judge(run_dir) -> Judge``: the EMA weights of a run trained with
   ``objective=ar`` (UserError otherwise), ready for ``gen_perplexity``. The default judge
@@ -290,6 +292,17 @@ def eos_flood(seqs, eos_id: int) -> dict:
         return {"eos_ended": None, "eos_first_frac": None, "eos_share": None}
     return {"eos_ended": float(np.mean([f < 1.0 for f in first])), "eos_first_frac": float(np.mean(first)),
             "eos_share": n_eos / max(n_tok, 1)}
+
+
+def until_first_eos(token_arrays, eos_id: int) -> list[np.ndarray]:
+    """Each sequence cut after its first EOS (kept: the judge scores the ending); sequences
+    without one are whole. What a sampler that pads after EOS has written as text."""
+    out = []
+    for t in _as_list(token_arrays):
+        t = np.asarray(t)
+        hit = np.flatnonzero(t == eos_id)
+        out.append(t[:hit[0] + 1] if len(hit) else t)
+    return out
 
 
 def sample_quality(texts: list[str], tokens, *, judge: Judge | None = None, code: bool = False,

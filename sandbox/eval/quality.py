@@ -11,6 +11,11 @@ picks the newest such run under ``runs_root`` with the same data and tokenizer c
 the evaluated run; ``judge_dir=none`` skips gen_ppl. The judge must share the run's
 tokenizer (checked).
 
+A sampler that pads after EOS (``stop_at_eos``, block diffusion) writes EOS padding after
+a sample's end: the statistics then read every sample, and every held-out window, up to and
+including its first EOS (``until_eos: true`` in the record), so the judge scores text, not
+padding; the EOS statistics (``eos_*``) still describe the whole outputs.
+
 Output: one JSON line appended (atomically) to ``<run_dir>/eval_quality.jsonl``::
 
     {"kind": "quality", "step", "sampler", "settings", "precision", "seed", "length", "nfe",
@@ -36,7 +41,7 @@ from sandbox.core.errors import UserError
 from sandbox.core.runfiles import append_jsonl
 from sandbox.core.runs import LoadedRun, has_checkpoint
 from sandbox.data import eval_batches
-from sandbox.eval.metrics import Judge, load_judge, sample_quality
+from sandbox.eval.metrics import Judge, eos_flood, load_judge, sample_quality, until_first_eos
 
 METRICS = ("gen_ppl", "gen_ppl_stderr", "unigram_entropy", "unigram_entropy_pooled", "distinct_1",
            "distinct_2", "distinct_3", "distinct_4", "ast_parse_rate", "ast_parse_rate_lines", "eos_ended",
@@ -173,13 +178,22 @@ def quality(cfg) -> dict:
                                                   "settings": s.sampler.settings(), "length": s.length,
                                                   "seed": seed, **timing})
     eos = run.tokenizer.eos_id
-    q_samples = sample_quality([r["text"] for r in recs], g.tokens, judge=judge, code=code, eos_id=eos)
-    q_ref = sample_quality([run.tokenizer.decode(t) for t in ref], ref, judge=judge, code=code, eos_id=eos)
+    texts, toks, ref_toks = [r["text"] for r in recs], g.tokens, ref
+    cut = s.sampler.pads_after_eos
+    if cut:  # the padding after a sample's first EOS is not text: score up to it, both sides alike
+        toks, ref_toks = until_first_eos(g.tokens, eos), until_first_eos(ref, eos)
+        texts = [run.tokenizer.decode(t) for t in toks]
+    q_samples = sample_quality(texts, toks, judge=judge, code=code, eos_id=eos)
+    q_ref = sample_quality([run.tokenizer.decode(t) for t in ref_toks], ref_toks, judge=judge, code=code,
+                           eos_id=eos)
+    if cut:  # how the outputs end is a statistic of the whole output
+        q_samples.update(eos_flood(g.tokens, eos))
+        q_ref.update(eos_flood(ref, eos))
     line = {"kind": "quality", "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "run": str(run.dir), "step": run.step, "weights": run.weights,
             "sampler": s.sampler.name, "settings": s.sampler.settings(),
             "precision": s.sampler.precision, "dtype": str(run.model.dtype), "seed": seed,
-            "length": s.length, "num_samples": num_samples, "nfe": timing["nfe_mean"],
+            "length": s.length, "num_samples": num_samples, "nfe": timing["nfe_mean"], "until_eos": cut,
             "samples": q_samples, "reference": q_ref, "reference_split": str(cfg.get("reference_split")),
             "judge_dir": judge_dir, "judge_step": judge.step if judge else None,
             "judge_window": judge.window if judge else None, "code": code,

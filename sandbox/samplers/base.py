@@ -34,6 +34,12 @@ class Sampler:
     family: str = "ar"
     precision: str = "exact"
 
+    @property
+    def pads_after_eos(self) -> bool:
+        """True when every output position after a row's first EOS is EOS padding, not text
+        (``stop_at_eos``; block diffusion always): quality statistics read up to that EOS."""
+        return bool(getattr(self, "stop_at_eos", False))
+
     def bind(self, tokenizer) -> Sampler:
         return self
 

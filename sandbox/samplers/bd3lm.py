@@ -43,6 +43,8 @@ class BD3LMSampler(Sampler):
     name: str = "bd3lm"
     family: str = "bd3lm"
 
+    pads_after_eos = True  # generate() pads after the first EOS whatever stop_at_eos says
+
     @property
     def precision(self):  # one categorical path: the inner sampler's
         return self.inner.precision
