@@ -60,6 +60,7 @@ def test_attention_with_the_block_mask_matches_a_dense_reference(impl):
     np.testing.assert_allclose(np.asarray(out), np.einsum("bhls,bshd->blhd", p, vv), atol=1e-5)
 
 
+@pytest.mark.slow  # ~9 s: an identity of the two losses, checked in the slow set
 def test_block_size_equal_to_the_length_is_mdlm():
     model, x, key = _model(), _tokens(), jax.random.PRNGKey(3)
     bd, md = BD3LM(block_size=16).bind(TOK), MDLM().bind(TOK)

@@ -57,7 +57,8 @@ def test_prefix_with_one_block_and_a_self_attending_prompt_is_exact(s):
     assert int(got[1]) == int(ref[1])
 
 
-@pytest.mark.parametrize("inner,prompt_len", [(Threshold(tau=0.6), 4), (Ancestral(steps=4), 0)],
+@pytest.mark.parametrize("inner,prompt_len", [(Threshold(tau=0.6), 4),
+                                              pytest.param(Ancestral(steps=4), 0, marks=pytest.mark.slow)],
                          ids=["threshold-prompt", "ancestral"])
 def test_prefix_under_the_block_causal_mask_is_the_exact_block_diffusion_cache(inner, prompt_len):
     """On a model read block-causally (a BD3LM run's attention) the prefix cache is exact: the

@@ -243,7 +243,8 @@ def test_multirun_sweeps_objectives(sandbox_cache, tmp_path):
 # ----------------------------------------------------------------------------- experiments
 
 
-@pytest.mark.parametrize("obj", ["ar", "mdlm"])
+# the mdlm twin runs with -m slow (mdlm trains in other default tests)
+@pytest.mark.parametrize("obj", ["ar", pytest.param("mdlm", marks=pytest.mark.slow)])
 def test_smoke_experiment_runs(obj, sandbox_cache, tmp_path):
     cfg = compose(["experiment=smoke", "data=text_files", f"data.path={TEXT}", f"objective={obj}",
                    "train.progress=false", f"cache_dir={sandbox_cache}"])
