@@ -132,6 +132,18 @@ def test_bad_cache_settings_are_one_line(kw, words):
     assert words in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_cache_on_a_backbone_without_decode_block_is_refused_not_ignored():
+    class NoCache:  # a full forward only
+        vocab_size = 16
+
+        def __call__(self, z, **kw):
+            return jnp.zeros(z.shape + (16,))
+
+    s = Threshold(cache="dual", block_size=4).bind(Tok)
+    with pytest.raises(UserError, match="decode_block"):
+        s.generate(NoCache(), jax.random.PRNGKey(0), jnp.zeros((1, 0), jnp.int32), 8)
+
+
 def test_labels_of_uncached_samplers_are_unchanged():
     assert "cache" not in Threshold().settings()
     assert Threshold(cache="dual", block_size=4).settings()["cache"] == "dual"

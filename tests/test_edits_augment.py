@@ -67,7 +67,7 @@ def test_kind_weights_set_the_training_mix(sandbox_cache):
                      target_len=320, kind_weights={"swap_op": 0}, em_items=0)
     src = task.batch_source(ByteTokenizer(), sandbox_cache, progress=False)
     assert {src._sampler(0)[i].kind for i in range(12)} == {"rename"}
-    for bad in ({"delete_stmt": 1.0}, {"rename": -1}):
+    for bad in ({"delete_stmt": 1.0}, {"rename": -1}, {"rename": 0, "swap_op": 0}, {"rename": "x"}):
         task = EditsTask(source=SOURCE, kinds=("rename", "swap_op"), tiers=("micro",), prompt_len=384,
                          target_len=320, kind_weights=bad)
         with pytest.raises(UserError, match="data.kind_weights"):

@@ -6,7 +6,9 @@
   ``--quality-samples`` with untimed calls of the largest batch's compiled function (for
   at most ``--quality-seconds``), and scored by ``sandbox.eval.metrics.sample_quality``
   (gen-perplexity only with ``--judge``; otherwise unigram entropy, distinct-n and, for
-  code, the parse rates): :func:`quality_pass`, one ``gen_quality`` row per distribution
+  code, the parse rates; outputs are scored whole, so a block-diffusion sample's EOS padding
+  counts: ``eval=quality`` reads such samples up to their first EOS):
+  :func:`quality_pass`, one ``gen_quality`` row per distribution
   naming the points it belongs to, with a few decoded examples
   (``analysis.load.load_bench_gen`` merges them into the points' rows).
 - With trained runs the same statistics of held-out windows of the same length are

@@ -50,7 +50,6 @@ statistics of real held-out text next to the samples' ones):
   cross document boundaries at the corpus's own rate, so their figures are the reference.
 """
 
-
 from __future__ import annotations
 
 import ast
@@ -277,17 +276,21 @@ def load_judge(run_dir, batch_size: int = 32) -> Judge:
 
 
 # --- everything at once -----------------------------------------------------------------------
+def _first_eos(t: np.ndarray, eos_id: int) -> int | None:
+    hit = np.flatnonzero(t == eos_id)
+    return int(hit[0]) if len(hit) else None
+
+
 def eos_flood(seqs, eos_id: int) -> dict:
     """How samples end (module doc, ``eos_*``): the share with an EOS (``eos_ended``), the mean
     position of the first EOS as a fraction of the length (1 where none: ``eos_first_frac``),
     and the share of all tokens that are EOS (``eos_share``)."""
     first = []
     n_eos = n_tok = 0
-    for t in seqs:
-        t = np.asarray(t)
-        hit = np.flatnonzero(t == eos_id)
-        first.append(hit[0] / max(len(t), 1) if len(hit) else 1.0)
-        n_eos, n_tok = n_eos + len(hit), n_tok + len(t)
+    for t in _as_list(seqs):
+        i = _first_eos(t, eos_id)
+        first.append(1.0 if i is None else i / max(len(t), 1))
+        n_eos, n_tok = n_eos + int(np.sum(t == eos_id)), n_tok + len(t)
     if not first:
         return {"eos_ended": None, "eos_first_frac": None, "eos_share": None}
     return {"eos_ended": float(np.mean([f < 1.0 for f in first])), "eos_first_frac": float(np.mean(first)),
@@ -297,12 +300,8 @@ def eos_flood(seqs, eos_id: int) -> dict:
 def until_first_eos(token_arrays, eos_id: int) -> list[np.ndarray]:
     """Each sequence cut after its first EOS (kept: the judge scores the ending); sequences
     without one are whole. What a sampler that pads after EOS has written as text."""
-    out = []
-    for t in _as_list(token_arrays):
-        t = np.asarray(t)
-        hit = np.flatnonzero(t == eos_id)
-        out.append(t[:hit[0] + 1] if len(hit) else t)
-    return out
+    cut = [(t, _first_eos(t, eos_id)) for t in _as_list(token_arrays)]
+    return [t if i is None else t[:i + 1] for t, i in cut]
 
 
 def sample_quality(texts: list[str], tokens, *, judge: Judge | None = None, code: bool = False,

@@ -177,18 +177,16 @@ def quality(cfg) -> dict:
     gen.write_samples(samples_file, recs, {**run.describe(), "sampler": s.sampler.name,
                                                   "settings": s.sampler.settings(), "length": s.length,
                                                   "seed": seed, **timing})
-    eos = run.tokenizer.eos_id
-    texts, toks, ref_toks = [r["text"] for r in recs], g.tokens, ref
-    cut = s.sampler.pads_after_eos
-    if cut:  # the padding after a sample's first EOS is not text: score up to it, both sides alike
-        toks, ref_toks = until_first_eos(g.tokens, eos), until_first_eos(ref, eos)
-        texts = [run.tokenizer.decode(t) for t in toks]
-    q_samples = sample_quality(texts, toks, judge=judge, code=code, eos_id=eos)
-    q_ref = sample_quality([run.tokenizer.decode(t) for t in ref_toks], ref_toks, judge=judge, code=code,
-                           eos_id=eos)
-    if cut:  # how the outputs end is a statistic of the whole output
-        q_samples.update(eos_flood(g.tokens, eos))
-        q_ref.update(eos_flood(ref, eos))
+    eos, cut = run.tokenizer.eos_id, s.sampler.pads_after_eos
+
+    def stats(tokens):
+        # the padding after a sample's first EOS is not text: read up to it (samples and held-out
+        # windows alike); how the outputs end is a statistic of the whole outputs
+        text = until_first_eos(tokens, eos) if cut else tokens
+        q = sample_quality([run.tokenizer.decode(t) for t in text], text, judge=judge, code=code)
+        return {**q, **eos_flood(tokens, eos)}
+
+    q_samples, q_ref = stats(g.tokens), stats(ref)
     line = {"kind": "quality", "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "run": str(run.dir), "step": run.step, "weights": run.weights,
             "sampler": s.sampler.name, "settings": s.sampler.settings(),

@@ -328,10 +328,8 @@ class Block(nnx.Module):
         return self._run(x, cond, lambda h: self.attn.decode_step(h, rope, cache, buf, start, i), True)
 
     def decode_block(self, x, rope, cache, start, cond=None, around: bool = False):
-        if around:  # only mixers that can read a cache on both sides take the argument
-            return self._run(x, cond, lambda h: self.attn.decode_block(h, rope, cache, start, around=True),
-                             True)
-        return self._run(x, cond, lambda h: self.attn.decode_block(h, rope, cache, start), True)
+        kw = {"around": True} if around else {}  # only mixers that read a cache on both sides take it
+        return self._run(x, cond, lambda h: self.attn.decode_block(h, rope, cache, start, **kw), True)
 
     def prefill(self, x, rope, cond=None):
         return self._run(x, cond, lambda h: self.attn.prefill(h, rope), True)

@@ -56,7 +56,7 @@ both run the inner loops on the canvas alone, so they draw the same random numbe
 produce the same tokens. ``prompt_attention="full"`` (every run trained without the option)
 keeps the whole-canvas loop above unchanged.
 
-**Approximate block caches** (``cache=prefix|dual``, with semi-AR blocks; Fast-dLLM, Wu et
+**Approximate block caches** (``cache=prefix|dual|causal``, with semi-AR blocks; Fast-dLLM, Wu et
 al. 2025, sec. 3.2-3.3): at the start of each block one *refresh* forward of the whole canvas
 (bidirectional, as the model was trained) gives every position's keys and values; the block's
 steps then read them instead of recomputing them. ``prefix`` reuses the positions before the
@@ -67,9 +67,11 @@ were computed while the block was still masked (and, for ``prefix`` with a bidir
 attended prompt, the prompt's too); ``cache=none`` stays the exact reference. The refreshes
 count in the NFE; ``infill_cost`` / ``generate_cost`` also return the token positions the
 calls computed (``nfe x L`` without a cache). A prefix block with only the exact prompt cache
-before it needs no refresh, so one block is ``cache=none`` token for token. Block diffusion
-(``objective=bd3lm``, ``samplers/bd3lm.py``) has an exact block cache and stays that family's
-reference.
+before it needs no refresh, so one block is ``cache=none`` token for token. ``cache=causal``
+reads the model block-causally instead: a block sees only the finished blocks, each computed
+once when it is finished (no refresh); on a block-causal model that is block diffusion's exact
+cache (``_fill_block_causal``). Block diffusion (``objective=bd3lm``, ``samplers/bd3lm.py``)
+has an exact block cache and stays that family's reference.
 
 **Variable length** (``stop_at_eos``, with semi-AR blocks; the rule of BD3LM, Arriola et al.
 2025): once every row has produced EOS in a finished block the later blocks are skipped (no
@@ -287,7 +289,10 @@ class MaskedDiffusionSampler(Sampler):
         measure ``sampler.cache`` reduces)."""
         z = z.astype(jnp.int32)
         length = z.shape[1]
-        if self.cache != "none" and hasattr(model, "decode_block"):
+        if self.cache != "none":
+            if not hasattr(model, "decode_block"):  # never fall back silently to the uncached loop
+                raise UserError(f"sampler.cache={self.cache} needs a backbone with decode_block; model "
+                                f"'{getattr(model, 'name', type(model).__name__)}' has none (use cache=none)")
             return self._fill_cached(model, key, z, start)
         if self.prompt_attention == "full" or start == 0:
             z, nfe = self._fill_from(model, key, z, start)
@@ -329,13 +334,13 @@ class MaskedDiffusionSampler(Sampler):
         return z, nfe
 
     def _fill_cached(self, model, key, z, start: int):
-        """``infill`` with an approximate block cache (module doc, "Approximate block caches"):
-        per semi-AR block [lo, hi) one refresh forward of the canvas gives every position's
-        keys/values; the block's steps then read those of the positions before it (``prefix``:
-        the queries span [lo, L), so the masked suffix is recomputed every step) or on both
-        sides (``dual``: only [lo, hi) is recomputed). With ``prompt_attention="self"`` the
-        prompt's keys/values are exact and computed once. Returns (tokens[B, L], nfe,
-        recomputed); nfe counts the refreshes.
+        """``infill`` with a block cache (module doc, "Approximate block caches"; ``causal`` is
+        :meth:`_fill_block_causal`): per semi-AR block [lo, hi) one refresh forward of the
+        canvas gives every position's keys/values; the block's steps then read those of the
+        positions before it (``prefix``: the queries span [lo, L), so the masked suffix is
+        recomputed every step) or on both sides (``dual``: only [lo, hi) is recomputed). With
+        ``prompt_attention="self"`` the prompt's keys/values are exact and computed once.
+        Returns (tokens[B, L], nfe, recomputed); nfe counts the refreshes.
 
         The blocks are unrolled at trace time because the prefix view's width shrinks block by
         block (shapes must be static); each block's steps stay one compiled loop."""
@@ -549,9 +554,10 @@ class Threshold(MaskedDiffusionSampler):
 
     def settings(self) -> dict:
         out = super().settings()
-        out["order"] = self.pick
         if self.pick == "confidence":  # Fast-dLLM's rule: unchanged labels for every earlier result
             out.pop("order")
+        else:
+            out["order"] = self.pick
         return out
 
     def reveal(self, key, logits, z, eligible):

@@ -152,6 +152,20 @@ def check_augment_renames(n) -> int:
     return n
 
 
+def check_kind_weights(weights, kinds) -> list[float]:
+    """``data.kind_weights`` (kind -> relative weight; unnamed kinds weigh 1) as one weight per
+    kind of ``kinds``, or a one-line refusal: keys must be drawn kinds, values non-negative
+    numbers with a positive sum."""
+    w = dict(weights or {})
+    unknown = sorted(set(w) - set(kinds))
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in w.values())
+    out = [float(w.get(k, 1.0)) for k in kinds] if numbers else []
+    if unknown or not numbers or any(x < 0 for x in out) or sum(out) <= 0:
+        raise UserError(f"data.kind_weights: keys must be trained kinds ({', '.join(kinds)}) and values "
+                        f"non-negative numbers with a positive sum, got {w!r}")
+    return out
+
+
 class EditSampler:
     """Training items as a pure function of ``(seed, index)`` (see the module docstring).
 
@@ -179,14 +193,7 @@ class EditSampler:
             raise UserError(f"stdlib_edits: the {split} split has no functions of tier "
                             f"{'/'.join(self.tiers)}; choose other tiers or more modules")
         self.seed, self.split, self.names = seed, split, get_pool(names)
-        w = weights or {}
-        unknown = set(w) - set(self.kinds)
-        if unknown:
-            raise UserError(f"edit kind weights: {sorted(unknown)} not among the kinds drawn "
-                            f"({', '.join(self.kinds)})")
-        self._weights = [float(w.get(k, 1.0)) for k in self.kinds]
-        if any(x < 0 for x in self._weights) or sum(self._weights) <= 0:
-            raise UserError("edit kind weights: must be non-negative with a positive sum")
+        self._weights = check_kind_weights(weights, self.kinds)
 
     def __getitem__(self, index: int) -> EditItem:
         rng = random.Random(f"stdlib_edits/{self.split}/{self.seed}/{int(index)}")

@@ -53,7 +53,13 @@ from pathlib import Path
 import numpy as np
 
 from sandbox.core.errors import UserError
-from sandbox.tasks.edits.dataset import EditItem, EditsData, StdlibEdits, check_augment_renames
+from sandbox.tasks.edits.dataset import (
+    EditItem,
+    EditsData,
+    StdlibEdits,
+    check_augment_renames,
+    check_kind_weights,
+)
 from sandbox.tasks.edits.extract import check_tiers
 from sandbox.tasks.edits.formats import FORMATS, render
 from sandbox.tasks.edits.kinds import SINGLE_KINDS, check_kinds
@@ -254,13 +260,7 @@ class EditsTask:
                 raise UserError(f"data.{f}: must be an integer >= 2, got {v!r}")
         check_augment_renames(self.augment_renames)
         kinds = check_kinds(self.kinds if self.kinds is not None else SINGLE_KINDS)
-        weights = dict(self.kind_weights or {})
-        bad = sorted(k for k in weights if k not in kinds)
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-                      for v in weights.values())
-        if bad or not numbers:
-            raise UserError(f"data.kind_weights: keys must be trained kinds ({', '.join(kinds)}) and values "
-                            f"non-negative numbers, got {weights!r}")
+        check_kind_weights(self.kind_weights, kinds)
         if not isinstance(self.native_twin, bool):
             raise UserError(f"data.native_twin: must be true or false, got {self.native_twin!r}")
         if not isinstance(self.em_items, int) or isinstance(self.em_items, bool) or self.em_items < 0:
