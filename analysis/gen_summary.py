@@ -25,10 +25,14 @@ RUN_FLAG = {"ar": "--ar-run", "mdm": "--mdm-run", "bd3lm": "--bd3lm-run"}  # the
 
 
 def quality_figure(q: dict | None, ref: dict | None = None) -> str:
-    """One quality figure of a point: gen-perplexity when judged, else unigram entropy (next to
-    held-out text's); ``-`` without quality."""
+    """One quality figure of a point: judge bits per byte under the pretrained judge, else
+    gen-perplexity under the in-sandbox judge, else unigram entropy (next to held-out text's,
+    a description, never a ranking); ``-`` without quality."""
     if not q:
         return "-"
+    if q.get("judge_bpb") is not None:
+        s = f"judge {q['judge_bpb']:.2f} bpb"
+        return s + (f" (real {ref['judge_bpb']:.2f})" if ref and ref.get("judge_bpb") is not None else "")
     if q.get("gen_ppl") is not None:
         return f"gen-ppl {q['gen_ppl']:.2f}"
     s = f"entropy {q['unigram_entropy']:.2f}"

@@ -133,8 +133,9 @@ def final_evals(df: pd.DataFrame) -> pd.DataFrame:
     return ev.sort_values("step").groupby("run", as_index=False).tail(1).sort_values(["objective", "run"])
 
 
-QUALITY_METRICS = ("n_samples", "gen_ppl", "unigram_entropy", "unigram_entropy_pooled", "distinct_1",
-                   "distinct_2", "distinct_3", "distinct_4", "ast_parse_rate", "ast_parse_rate_lines")
+QUALITY_METRICS = ("n_samples", "judge_bpb", "judge_bpb_stderr", "gen_ppl", "unigram_entropy",
+                   "unigram_entropy_pooled", "distinct_1", "distinct_2", "distinct_3", "distinct_4",
+                   "ast_parse_rate", "ast_parse_rate_lines", "jsd_1", "jsd_2", "jsd_4", "copied_32")
 
 
 def load_quality(runs: list[Path]) -> pd.DataFrame:

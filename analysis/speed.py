@@ -20,11 +20,14 @@ Draws:
   :data:`analysis.gen_summary.STEP_TARGET`), against both references the benchmark times: a
   jitted call (filled) and a forward inside a compiled loop (hollow).
 
-Which quality figure: generative perplexity under a judge (lower is better) when the
-samples were scored with one; otherwise the distance of the samples' unigram entropy to
-that of held-out text of the same length (``|H_samples - H_real|`` bits, lower is
-closer to real text), labelled so. Without either there is no quality axis and the
-quality plots are replaced by a labelled gap. Quality is compared at one output length
+Which quality figure: judge bits per byte under the pretrained judge (SmolLM2-135M,
+``--text-judge``) when the samples were scored with it, else generative perplexity under
+the in-sandbox judge (``--judge``); lower is better for both. Without a judge there is no
+quality axis and the quality plots are replaced by a labelled gap: no statistic that
+gibberish can win (the distance of the samples' unigram entropy to real text's put 8-step
+ancestral gibberish ahead of AR) ranks samples. A judge rewards repetitive text, so points
+whose unigram entropy is below 80% of held-out text's are drawn as crosses and left off
+the Pareto fronts. Quality is compared at one output length
 (the benchmark's ``--length``): statistics of samples of different lengths do not
 compare. A point's quality comes from the benchmark's own ``--quality`` samples, or
 else from an ``eval_quality.jsonl`` line of the same run, sampler settings and length.
@@ -68,25 +71,40 @@ def _same_settings(a, b) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
+DEGENERATE = 0.8  # samples whose unigram entropy is below this share of real text's are not ranked
+
+
 def quality_axis(rows: list[dict], references: list[dict]):
-    """(values aligned with rows [float | None], axis label) or (None, reason)."""
-    if any((r.get("quality") or {}).get("gen_ppl") is not None for r in rows):
-        vals = [(r.get("quality") or {}).get("gen_ppl") for r in rows]
-        return vals, "gen-perplexity under the judge (lower is better)"
+    """(values aligned with rows [float | None], axis label) or (None, reason).
+
+    Judge bits per byte under the pretrained judge (``--text-judge``) when present, else
+    gen-perplexity under the in-sandbox judge (``--judge``). Nothing else: a statistic
+    without a judge (the distance of the samples' entropy to real text's) ranks 8-step
+    gibberish ahead of AR, so without a judge no quality plot is drawn."""
+    for key, label in (("judge_bpb", "judge bits per byte, SmolLM2-135M (lower is better)"),
+                       ("gen_ppl", "gen-perplexity under the in-sandbox judge (lower is better)")):
+        if any((r.get("quality") or {}).get(key) is not None for r in rows):
+            return [(r.get("quality") or {}).get(key) for r in rows], label
+    if any(r.get("quality") for r in rows):
+        return None, ("no judge scored the samples, and no statistic without one can rank them (the distance "
+                      "of their entropy to real text's puts gibberish ahead of AR): rerun the benchmark with "
+                      "`--text-judge smollm2_135m` (`make judge` installs it)")
+    return None, ("no quality figures: run `python -m sandbox.bench gen --text-judge smollm2_135m` (`make "
+                  "judge` installs it) or `python -m sandbox.evaluate eval=quality judge=smollm2` on the "
+                  "timed runs")
+
+
+def degenerate(rows: list[dict], references: list[dict]) -> list[bool]:
+    """Per row: whether its samples' unigram entropy is below ``DEGENERATE`` times that of
+    held-out text of the same length (repetitive text a judge scores well: marked, not ranked)."""
     ref = {(x.get("family"), x.get("length"), x.get("prompt_len", 0)): x.get("quality") for x in references}
-    vals = []
+    out = []
     for r in rows:
         q = r.get("quality") or {}
-        rq = r.get("reference_quality") or ref.get((r["family"], r["length"], r.get("prompt_len", 0)))
-        h, hr = q.get("unigram_entropy"), (rq or {}).get("unigram_entropy")
-        vals.append(abs(h - hr) if h is not None and hr is not None else None)
-    if any(v is not None for v in vals):
-        return vals, "|entropy(samples) - entropy(held-out)|, bits (no judge)"
-    if any(r.get("quality") for r in rows):
-        return None, ("samples were scored but neither a judge (gen-perplexity) nor held-out text (entropy "
-                      "reference; needs trained runs) is available")
-    return None, ("no quality figures: run `python -m sandbox.bench gen --quality [--judge <experiment=judge "
-                  "run>]` or `python -m sandbox.evaluate eval=quality` on the timed runs")
+        rq = r.get("reference_quality") or ref.get((r["family"], r["length"], r.get("prompt_len", 0))) or {}
+        h, hr = q.get("unigram_entropy"), rq.get("unigram_entropy")
+        out.append(h is not None and hr is not None and h < DEGENERATE * hr)
+    return out
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -128,7 +146,9 @@ def plot_quality(bench: dict, out: Path, prefix: str) -> tuple[list[str], str]:
     vals, label = quality_axis(rows, bench["reference"])
     if vals is None:
         return [], label
-    pts = [(r, v) for r, v in zip(rows, vals) if v is not None and math.isfinite(v)]
+    bad = degenerate(rows, bench["reference"])
+    pts = [({**r, "_degenerate": d}, v) for r, v, d in zip(rows, vals, bad)
+           if v is not None and math.isfinite(v)]
     files = []
     # quality vs NFE (batch does not change the distribution; NFE of threshold grows with batch)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -157,13 +177,17 @@ def _scatter_fronts(ax, items, colors: dict, marker_by_batch: bool = False):
     for name, g in sorted(groups.items()):
         c = colors[name]
         for r, x, y in g:
-            m = "o" if not marker_by_batch or r["batch"] == 1 else "s"
+            m = "x" if r.get("_degenerate") else ("o" if not marker_by_batch or r["batch"] == 1 else "s")
             ax.scatter([x], [y], color=c, marker=m, s=22, alpha=0.8)
             ax.annotate(r.get("settings_text", ""), (x, y), fontsize=6, alpha=0.7, xytext=(3, 2),
                         textcoords="offset points")
-        front = pareto_front([(x, y) for _, x, y in g])
-        fx, fy = zip(*front)
-        ax.step(fx, fy, where="post", color=c, label=f"{name} (front)")
+        ranked = [(x, y) for r, x, y in g if not r.get("_degenerate")]
+        if ranked:  # degenerate samples (low entropy, which a judge rewards) are not on any front
+            fx, fy = zip(*pareto_front(ranked))
+            ax.step(fx, fy, where="post", color=c, label=f"{name} (front)")
+    if any(r.get("_degenerate") for g in groups.values() for r, _, _ in g):
+        ax.scatter([], [], color="grey", marker="x",
+                   label=f"degenerate: entropy < {DEGENERATE:.0%} of real text (not ranked)")
     if marker_by_batch:
         ax.scatter([], [], color="grey", marker="o", label="batch 1")
         ax.scatter([], [], color="grey", marker="s", label="batch > 1")

@@ -359,7 +359,7 @@ def test_report_on_the_fixture_writes_every_figure_and_is_idempotent(fixture_rep
 
     # the generation benchmark: the complete one shown, the older interrupted one only counted
     assert "gen-20260102-000000` (complete)" in md and "1 older benchmark folder" in md
-    assert "gen-perplexity under the judge" in md          # quality axis = gen_ppl when present
+    assert "gen-perplexity under the in-sandbox judge" in md  # quality axis = gen_ppl without judge_bpb
     assert "(a) time per model call" in md and "(c) mdm_threshold against AR" in md
     assert "| noeval_mdlm |" not in _section(md, "## Held-out bits per byte\n")  # no eval yet: not in it
     assert "| half_mdlm |" in _section(md, "## Held-out bits per byte\n")
@@ -496,15 +496,33 @@ def test_bench_without_quality_or_finish(tmp_path):
         assert (tmp_path / "out" / i).is_file()
 
 
-def test_entropy_fallback_and_pareto(tmp_path):
+def test_no_judge_no_ranking_and_pareto(tmp_path):
+    """Without a judge nothing ranks the samples (the entropy distance put gibberish ahead of AR):
+    no quality axis, and the report says why; judge bits per byte wins over gen-ppl; samples far
+    below real text's entropy are marked degenerate and left off the fronts."""
     d = tmp_path / "runs" / "bench" / "gen-20260104-000000"
     shutil.copytree(RUNS / "bench" / "gen-20260102-000000", d)
-    text = (d / "results.jsonl").read_text().replace('"gen_ppl": ', '"gen_ppl_x": ')
-    (d / "results.jsonl").write_text(text)
+    text = (d / "results.jsonl").read_text()
+    (d / "results.jsonl").write_text(text.replace('"gen_ppl": ', '"gen_ppl_x": '))
     bench = load.load_bench_gen(d / "results.jsonl")
     assert all(r["quality"] for r in bench["rows"])  # merged from the gen_quality rows
     vals, label = speed.quality_axis(bench["rows"], bench["reference"])
-    assert "entropy" in label and vals[1] == pytest.approx(abs(3.55 - 4.4))
+    assert vals is None and "gibberish" in label and "--text-judge" in label
+    md = build_report(str(tmp_path / "runs" / "**"), tmp_path / "out").read_text()
+    assert "Quality vs NFE / latency: not drawn (no judge scored the samples" in md
+
+    bench = load.load_bench_gen(RUNS / "bench" / "gen-20260102-000000" / "results.jsonl")
+    for i, r in enumerate(bench["rows"]):
+        r["quality"] = {**r["quality"], "judge_bpb": 2.0 + i}
+    vals, label = speed.quality_axis(bench["rows"], bench["reference"])
+    assert "judge bits per byte" in label and vals[:2] == [2.0, 3.0]
+    refs = {(x["family"], x["length"], x.get("prompt_len", 0)): x["quality"] for x in bench["reference"]}
+    rows = [r for r in bench["rows"] if (r["family"], r["length"], r.get("prompt_len", 0)) in refs][:2]
+    for r, share in zip(rows, (0.5, 0.9)):
+        r["quality"]["unigram_entropy"] = share * refs[(r["family"], r["length"], r.get("prompt_len", 0))][
+            "unigram_entropy"]
+    bad = speed.degenerate(rows, bench["reference"])
+    assert bad == [True, False]
     assert speed.pareto_front([(1, 5), (2, 3), (3, 4), (4, 1)]) == [(1, 5), (2, 3), (4, 1)]
     assert load.find_bench_gen(str(tmp_path / "runs" / "bench")) == [d / "results.jsonl"]
 

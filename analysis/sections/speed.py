@@ -42,8 +42,8 @@ def _sample_table(bench: dict) -> list[str]:
         return ["_No sample statistics: the benchmark ran without `--quality`._"]
     refs = {(x.get("family"), x.get("length"), x.get("prompt_len", 0)): x.get("quality") or {}
             for x in bench["reference"]}
-    lines = ["| family | sampler | settings | length | n | gen-ppl | entropy (real) | distinct-4 (real) | "
-             "parses, block (real) |", "|---|---|---|---:|---:|---|---|---|---|"]
+    lines = ["| family | sampler | settings | length | n | judge bpb (real) | gen-ppl | entropy (real) | "
+             "distinct-4 (real) | parses, block (real) |", "|---|---|---|---:|---:|---|---|---|---|---|"]
     for g in qs:
         q = g.get("quality") or {}
         ref = refs.get((g.get("family"), g.get("length"), g.get("prompt_len", 0))) or {}
@@ -51,13 +51,15 @@ def _sample_table(bench: dict) -> list[str]:
         def pair(m, nd=3, q=q, ref=ref):
             return f"{fixed(q.get(m), nd)} ({fixed(ref.get(m), nd)})"
         lines.append(f"| {g.get('family')} | {g.get('sampler')} | {g.get('settings_text', '')} | "
-                     f"{g.get('length')} | {q.get('n_samples')} | {fixed(q.get('gen_ppl'), 2)} | "
+                     f"{g.get('length')} | {q.get('n_samples')} | {pair('judge_bpb', 2)} | "
+                     f"{fixed(q.get('gen_ppl'), 2)} | "
                      f"{pair('unigram_entropy')} | {pair('distinct_4')} | "
                      f"{pair('ast_parse_rate_lines', 2)} |")
-    if not any((g.get("quality") or {}).get("gen_ppl") is not None for g in qs):
-        lines += ["", "_gen-ppl needs a judge: train one with `python -m sandbox.train experiment=judge` and "
-                  "pass `--judge <run>` to the benchmark. Without it the figures above compare the samples' "
-                  "statistics with held-out text's (`real`; needs trained runs)._"]
+    if not any((g.get("quality") or {}).get("judge_bpb") is not None for g in qs):
+        lines += ["", "_judge bpb needs the pretrained judge: `make judge`, then pass "
+                  "`--text-judge smollm2_135m` "
+                  "to the benchmark. Without a judge the figures above describe the samples next to held-out "
+                  "text's (`real`; needs trained runs) and rank nothing._"]
     examples = [(g, e) for g in qs for e in (g.get("examples") or [])[:1]]
     if examples:
         lines += ["", "One timed sample per setting (generated tokens only, first 400 characters):", ""]
@@ -84,13 +86,10 @@ def _figures(bench: dict, out: Path) -> list[str]:
     parts = []
     if figs["quality_files"]:
         note = figs["quality_note"]
-        if "entropy" in note:
-            note += (": the distance of the samples' unigram entropy to that of held-out text of the "
-                     "same length; lower is closer to real text, and collapsed (repetitive) samples "
-                     "score badly. gen-perplexity needs a judge (`python -m sandbox.train "
-                     "experiment=judge`, then `--judge <run>`)")
         parts += [f"Quality axis: {note}. Step lines: the Pareto front of each sampler (settings "
-                  "that no other setting of the same sampler beats on both axes).", ""]
+                  "that no other setting of the same sampler beats on both axes); crosses: degenerate "
+                  "samples (unigram entropy below 80% of held-out text's, which a judge rewards), not "
+                  "ranked.", ""]
         parts += [f"![{f}]({f})" for f in figs["quality_files"]] + [""]
     else:
         parts += [f"_Quality vs NFE / latency: not drawn ({figs['quality_note']})._", ""]

@@ -112,6 +112,9 @@ def add_arguments(p) -> None:
                    help="skip points whose predicted call exceeds this many seconds (20; 0 = never)")
     p.add_argument("--quality", action="store_true", help="score the samples (sandbox.eval.metrics)")
     p.add_argument("--judge", default=None, help="AR judge run for gen-perplexity (implies --quality)")
+    p.add_argument("--text-judge", default=None, metavar="WEIGHTS",
+                   help="pretrained judge (smollm2_135m or gguf:PATH; make judge installs it) for judge bits "
+                        "per byte (implies --quality)")
     p.add_argument("--quality-samples", type=int, default=None,
                    help="samples per distribution for --quality (32)")
     p.add_argument("--quality-seconds", type=float, default=None,
@@ -171,7 +174,8 @@ def resolve(args) -> argparse.Namespace:
         if o.prompt_len >= L:
             raise UserError(f"--prompt-len {o.prompt_len} is not shorter than the output length {L}")
     o.judge = args.judge
-    o.quality = bool(args.quality or args.judge)
+    o.text_judge = getattr(args, "text_judge", None)
+    o.quality = bool(args.quality or args.judge or o.text_judge)
     o.seed = args.seed
     o.prompt_cache = not getattr(args, "no_prompt_cache", False)
     return o
@@ -203,10 +207,21 @@ def _judge(o, subjects):
     return judge
 
 
+def _text_judge(o):
+    if not o.text_judge:
+        return None
+    import os
+
+    from sandbox.eval.judge import TextJudge
+
+    return TextJudge(o.text_judge, cache_dir=os.environ.get("SANDBOX_CACHE", ".cache/sandbox"))
+
+
 def run(args) -> dict:
     o = resolve(args)
     subjects = _subjects(args, o)
     judge = _judge(o, subjects)
+    text_judge = _text_judge(o)  # loaded (and its file checked) before anything is measured
     blocks_dropped = [b for b in o.blocks if b >= o.length - o.prompt_len]
     points = plan(o, subjects)  # every sampler setting checked before anything is measured
     random_fams = [f for f, s in subjects.items() if s.source == "random"]
@@ -228,11 +243,12 @@ def run(args) -> dict:
     refs = {}
     if o.quality:
         log(f"quality of {len(groups)} sample sets ({o.quality_samples} samples each"
-            + (f", judge {o.judge})" if o.judge else
-               ", no judge: gen-ppl needs --judge <experiment=judge run>)"))
-        quality_pass(groups, subjects, o, judge, res, by_point)
+            + (f", judge {o.judge}" if o.judge else ", no in-sandbox judge")
+            + (f", text judge {o.text_judge})" if o.text_judge else
+               ", no text judge: judge bits per byte needs --text-judge smollm2_135m)"))
+        quality_pass(groups, subjects, o, judge, res, by_point, text_judge)
         shapes = {(g["family"], g["length"], g["prompt_len"]) for g in groups.values()}
-        refs = reference_rows(subjects, shapes, o, judge, res)
+        refs = reference_rows(subjects, shapes, o, judge, res, text_judge)
     summary = summarize(rows, refs)
     masks = "/".join(sorted({s.mask_kind for s in subjects.values()}))
     print(f"\nGeneration speed ({dev['backend']}: {dev['device']}, {dev['cpu_count']} cpus; median of "

@@ -5,7 +5,9 @@
   ``Point.quality_key``) are pooled as they are timed (:func:`collect`), topped up to
   ``--quality-samples`` with untimed calls of the largest batch's compiled function (for
   at most ``--quality-seconds``), and scored by ``sandbox.eval.metrics.sample_quality``
-  (gen-perplexity only with ``--judge``; otherwise unigram entropy, distinct-n and, for
+  (gen-perplexity only with ``--judge``; judge bits per byte, ``judge_bpb``, only with
+  ``--text-judge smollm2_135m``, the pretrained judge of ``sandbox.eval.judge``; otherwise
+  unigram entropy, distinct-n and, for
   code, the parse rates; outputs are scored whole, so a block-diffusion sample's EOS padding
   counts: ``eval=quality`` reads such samples up to their first EOS):
   :func:`quality_pass`, one ``gen_quality`` row per distribution
@@ -45,13 +47,16 @@ def collect(groups: dict, idx: int, p: Point, fn, outs: list) -> None:
         g["fn"], g["batch"] = fn, p.batch
 
 
-def score(subj, tokens: np.ndarray, prompt_len: int, judge) -> dict:
+def score(subj, tokens: np.ndarray, prompt_len: int, judge, text_judge=None) -> dict:
     gen = np.asarray(tokens)[:, prompt_len:]
     texts = [subj.tokenizer.decode(t) for t in gen]
-    return sample_quality(texts, gen, judge=judge, code=subj.code, eos_id=subj.tokenizer.eos_id)
+    q = sample_quality(texts, gen, judge=judge, code=subj.code, eos_id=subj.tokenizer.eos_id)
+    bpb, se = text_judge.bits_per_byte(texts) if text_judge is not None else (None, None)
+    return {**q, "judge_bpb": bpb, "judge_bpb_stderr": se}
 
 
-def quality_pass(groups: dict, subjects, o, judge, res: Results, rows_by_point: dict) -> list[dict]:
+def quality_pass(groups: dict, subjects, o, judge, res: Results, rows_by_point: dict,
+                 text_judge=None) -> list[dict]:
     """Pool the samples of each distribution, top them up, score them; one row per group
     (its quality also set on each of its points' rows)."""
     out = []
@@ -67,12 +72,13 @@ def quality_pass(groups: dict, subjects, o, judge, res: Results, rows_by_point: 
             toks.append(np.asarray(t))
             n += len(toks[-1])
         tokens = np.concatenate(toks)[: max(o.quality_samples, 1)]
-        q = score(subj, tokens, g["prompt_len"], judge)
+        q = score(subj, tokens, g["prompt_len"], judge, text_judge)
         examples = [subj.tokenizer.decode(t[g["prompt_len"]:])[:EXAMPLE_CHARS] for t in tokens[:N_EXAMPLES]]
         row = res.add({"kind": "gen_quality", "points": g["points"], "family": g["family"],
                        "sampler": g["sampler"], "settings": g["settings"],
                        "settings_text": g["settings_text"], "length": g["length"],
-                       "prompt_len": g["prompt_len"], "judge": o.judge, "code": subj.code,
+                       "prompt_len": g["prompt_len"], "judge": o.judge, "text_judge": o.text_judge,
+                       "code": subj.code,
                        "quality": q, "examples": examples})
         for pid in g["points"]:
             rows_by_point[pid]["quality"] = q
@@ -80,7 +86,8 @@ def quality_pass(groups: dict, subjects, o, judge, res: Results, rows_by_point: 
     return out
 
 
-def reference_rows(subjects, shapes: set[tuple[str, int, int]], o, judge, res: Results) -> dict:
+def reference_rows(subjects, shapes: set[tuple[str, int, int]], o, judge, res: Results,
+                   text_judge=None) -> dict:
     """Statistics of held-out text of each generated ``(family, length, prompt_len)``, for
     trained subjects: ``{shape: quality}`` (also written as ``reference`` rows)."""
     from sandbox.eval.quality import reference_windows
@@ -96,7 +103,7 @@ def reference_rows(subjects, shapes: set[tuple[str, int, int]], o, judge, res: R
         except UserError as e:
             log(f"  no reference for {fam} length {gen}: {e}")
             continue
-        q = score(subj, windows, 0, judge)
+        q = score(subj, windows, 0, judge, text_judge)
         refs[(fam, length, prompt_len)] = q
         res.add({"kind": "reference", "family": fam, "run": subj.source, "split": "val", "length": length,
                  "prompt_len": prompt_len, "generated": gen, "quality": q})

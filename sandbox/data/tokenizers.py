@@ -253,3 +253,137 @@ class BPETokenizer(Tokenizer):
         arr = np.asarray(ids, dtype=np.int64).ravel()
         keep = arr[(arr >= 0) & (arr < self.n_text)]
         return self._hf().decode(keep.tolist(), skip_special_tokens=False)
+
+
+class GGUFTokenizer(Tokenizer):
+    """The byte-level BPE stored in a pretrained GGUF file (``tokenizer=smollm2``), rebuilt
+    with Hugging Face ``tokenizers`` from the file's vocabulary and merges, so text is cut
+    as the pretrained model saw it and its embedding rows keep their meaning.
+
+    ``weights``: ``gguf:PATH`` or a ``conf/weights`` entry (``sandbox.core.pretrained``).
+    Ids: the file's tokens keep theirs (0..n_text-1). EOS is the file's document separator
+    (``eos_token``, ``<|endoftext|>`` for SmolLM2: pretraining documents are joined by it, so
+    the pretrained model already ends text with it); PAD, MASK and BOS are new ids after the
+    file's (``n_text`` .. ``n_text + 2``; ``sandbox.models.pretrained`` starts their rows at the
+    mean embedding). The file's control tokens (``<|im_start|>`` ...) are specials too: never
+    produced by encoding text (they are not registered as added tokens, so a literal
+    ``<|im_start|>`` in a file is text) and dropped by ``decode``.
+
+    Pre-tokenizer: ``smollm`` / ``starcoder`` / ``refact`` files split digits one by one and
+    then apply GPT-2's regex (llama.cpp's pre-tokenizer table); others GPT-2's regex alone.
+    The state is the file (``train`` reads it); prepared data keeps a copy (``save``)."""
+
+    name = "gguf"
+    trainable = True
+    DIGITS_PRE = ("smollm", "starcoder", "refact", "codeshell", "command-r")
+
+    def __init__(self, weights: str = "smollm2_135m", eos_token: str = "<|endoftext|>"):
+        self.weights, self.eos_token = str(weights), str(eos_token)
+        self._tok, self._fp, self._eos, self._control = None, None, None, None
+
+    def _hf(self):
+        if self._tok is None:
+            self.train((), None, "")
+        return self._tok
+
+    @property
+    def n_text(self) -> int:
+        return self._hf().get_vocab_size()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_text + 3
+
+    @property
+    def eos_id(self) -> int:
+        self._hf()
+        return self._eos
+
+    @property
+    def pad_id(self) -> int:
+        return self.n_text
+
+    @property
+    def mask_id(self) -> int:
+        return self.n_text + 1
+
+    @property
+    def bos_id(self) -> int:
+        return self.n_text + 2
+
+    def is_special(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        self._hf()
+        return (ids >= self.n_text) | np.isin(ids, self._control)
+
+    def fingerprint(self) -> str:
+        if self._fp is None:
+            from sandbox.core.pretrained import open_gguf
+
+            self._fp = open_gguf(self.weights, "tokenizer.weights").fingerprint()
+        return f"gguf-{self._fp}-eos{self.eos_token}-v1"
+
+    def _build(self, tokens, merges, token_types, pre: str):
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
+
+        if self.eos_token not in tokens:
+            raise UserError(f"tokenizer.eos_token={self.eos_token!r} is not in the file's vocabulary; name "
+                            "its document-separator token")
+        vocab = {t: i for i, t in enumerate(tokens)}
+        pairs = [tuple(m.split(" ", 1)) for m in merges]
+        tok = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False))
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        digits = pre_tokenizers.Digits(individual_digits=True)
+        tok.pre_tokenizer = (pre_tokenizers.Sequence([digits, byte_level]) if pre in self.DIGITS_PRE
+                             else byte_level)
+        tok.decoder = decoders.ByteLevel()
+        self._tok, self._eos = tok, vocab[self.eos_token]
+        control = [i for i, t in enumerate(token_types) if t == 3]  # llama.cpp's CONTROL type
+        self._control = np.asarray(sorted(set(control) | {self._eos}), np.int64)
+
+    def train(self, texts: Iterable, cache_dir, corpus_hash: str) -> None:
+        """Read the vocabulary from the GGUF file (the texts are not needed)."""
+        from sandbox.core.pretrained import open_gguf
+
+        g = open_gguf(self.weights, "tokenizer.weights")
+        self._fp = g.fingerprint()
+        self._build(g.tokens, g.merges, g.token_types, g.pre)
+
+    def save(self, path: str | os.PathLike) -> None:
+        import json
+
+        self._hf()
+        path = Path(path)
+        state = {"tokenizer": json.loads(self._tok.to_str()), "eos": self._eos,
+                 "control": self._control.tolist(), "fingerprint": self._fp}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            Path(tmp).write_text(json.dumps(state))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load(self, path: str | os.PathLike) -> None:
+        import json
+
+        from tokenizers import Tokenizer as HFTokenizer
+
+        state = json.loads(Path(path).read_text())
+        self._tok = HFTokenizer.from_str(json.dumps(state["tokenizer"]))
+        self._eos, self._fp = int(state["eos"]), state["fingerprint"]
+        self._control = np.asarray(state["control"], np.int64)
+
+    def encode(self, text: str) -> list[int]:
+        return self._hf().encode(text, add_special_tokens=False).ids
+
+    def encode_many(self, texts: list[str]) -> list[np.ndarray]:
+        encs = self._hf().encode_batch(texts, add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.int64) for e in encs]
+
+    def decode(self, ids) -> str:
+        arr = np.asarray(ids, dtype=np.int64).ravel()
+        keep = arr[(arr >= 0) & ~self.is_special(arr)]
+        return self._hf().decode(keep.tolist(), skip_special_tokens=False)

@@ -302,9 +302,9 @@ class Block(nnx.Module):
 
     def __init__(self, cfg: dict, rngs: nnx.Rngs, *, mixer=None, mlp=None,
                  time_conditioning: bool = False):
-        self.norm1 = RMSNorm(cfg["d_model"])
+        self.norm1 = RMSNorm(cfg["d_model"], cfg["norm_eps"])
         self.attn = (mixer or Attention)(cfg, rngs=rngs)
-        self.norm2 = RMSNorm(cfg["d_model"])
+        self.norm2 = RMSNorm(cfg["d_model"], cfg["norm_eps"])
         self.mlp = (mlp or SwiGLU)(cfg, rngs=rngs)
         self.ada = Modulation(cfg["d_model"], 6) if time_conditioning else None
 
@@ -351,6 +351,10 @@ class Transformer(nnx.Module):
       attn_chunk: query chunk length for ``chunked``.
       dtype: compute dtype name (``float32`` or ``bfloat16``).
       tie_embeddings: share the input embedding with the output projection.
+      tie_rescale: with tied embeddings, divide the final hidden state by sqrt(d_model)
+        before the output projection (the sandbox's embeddings are drawn with std 1, so the
+        logits keep unit scale); false for Llama-style checkpoints (``model=llama``).
+      norm_eps: the RMSNorm epsilon (Llama checkpoints declare theirs, 1e-5 for SmolLM2).
       window: sliding-window width of the attention mixers (0: full attention).
       mixer: factory ``(cfg, rngs=...) -> token mixer`` (None: ``Attention``).
       mlp: factory ``(cfg, rngs=...) -> MLP`` (None: ``SwiGLU``).
@@ -370,8 +374,9 @@ class Transformer(nnx.Module):
     def __init__(self, *, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
                  n_kv_heads: int | None = None, d_ff: int | None = None, max_len: int = 1024,
                  rope_base: float = 10000.0, attention: str = "auto", attn_chunk: int = 64,
-                 dtype: str = "float32", tie_embeddings: bool = False, window: int = 0,
-                 mixer=None, mlp=None, time_conditioning: bool = False, mask_id: int | None = None,
+                 dtype: str = "float32", tie_embeddings: bool = False, tie_rescale: bool = True,
+                 norm_eps: float = 1e-6, window: int = 0, mixer=None, mlp=None,
+                 time_conditioning: bool = False, mask_id: int | None = None,
                  rngs: nnx.Rngs, name: str = "transformer"):
         n_kv_heads = n_kv_heads or n_heads
         if d_model % n_heads:
@@ -388,17 +393,18 @@ class Transformer(nnx.Module):
         self.vocab_size = vocab_size
         self.padded_vocab = 128 * math.ceil(vocab_size / 128)
         self.max_len, self.dtype, self.tie = max_len, cdt, tie_embeddings
+        self.tie_rescale = bool(tie_rescale)
         self.name = name
         cfg = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
                    head_dim=d_model // n_heads, d_ff=d_ff, rope_base=rope_base,
                    impl=resolve_impl(attention, cdt), chunk=attn_chunk, dtype=cdt,
-                   window=int(window), max_len=max_len,
+                   window=int(window), max_len=max_len, norm_eps=float(norm_eps),
                    out_std=1.0 / math.sqrt(d_model) / math.sqrt(2 * n_layers))
         self.cfg = cfg
         self.embed = param(rngs, (self.padded_vocab, d_model), ("vocab", "embed"), 1.0)
         self.blocks = nnx.List([Block(cfg, rngs, mixer=mixer, mlp=mlp, time_conditioning=time_conditioning)
                                 for _ in range(n_layers)])
-        self.norm = RMSNorm(d_model)
+        self.norm = RMSNorm(d_model, float(norm_eps))
         if not tie_embeddings:
             self.head = param(rngs, (d_model, self.padded_vocab), ("embed", "vocab"),
                               1.0 / math.sqrt(d_model))
@@ -458,7 +464,7 @@ class Transformer(nnx.Module):
     def logits(self, h):
         """Hidden [B, L, D] -> logits [B, L, V] float32, padded vocabulary removed."""
         w = self.embed[...].T if self.tie else self.head[...]
-        if self.tie:
+        if self.tie and self.tie_rescale:
             h = h / math.sqrt(h.shape[-1])
         b, l, d = h.shape
         out = jnp.dot(h.reshape(b * l, d), w.astype(self.dtype), preferred_element_type=jnp.float32)
