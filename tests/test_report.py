@@ -556,3 +556,34 @@ def test_analysis_imports_nothing_from_the_training_side():
                 continue
             for n in names:
                 assert n.split(".")[0] not in banned, f"{f.relative_to(REPO)} imports {n}"
+
+
+def test_quality_frontier_over_temperatures(tmp_path):
+    """Judged eval_quality lines at several temperatures become one frontier line per run and
+    sampler (judge bits per byte against entropy), held-out text a star; without judged lines
+    the report says how to get it instead of drawing."""
+    from analysis.sections import quality as quality_section
+
+    run = tmp_path / "runs" / "ar_d32_1e11_s0"
+    shutil.copytree(RUNS / "scaling" / "ar_d32_1e11_s0", run)
+    base = json.loads((run / "eval_quality.jsonl").read_text().splitlines()[0])
+    lines = []
+    for t, h, bpb in ((0.8, 3.6, 2.1), (1.0, 4.1, 2.6), (1.2, 4.6, 3.4)):
+        rec = json.loads(json.dumps(base))
+        rec["settings"]["temperature"], rec["temperature"] = t, t
+        rec["samples"].update(unigram_entropy=h, judge_bpb=bpb, judge_bpb_stderr=0.1, jsd_2=0.2,
+                              copied_32=0.05)
+        rec["reference"].update(judge_bpb=1.7, jsd_2=0.1, copied_32=0.04)
+        lines.append(json.dumps(rec))
+    (run / "eval_quality.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "out").mkdir()
+    ctx = build_context(str(tmp_path / "runs" / "*"), tmp_path / "out")
+    md = quality_section.section(ctx)
+    assert "![quality_frontier.png](quality_frontier.png)" in md
+    assert (tmp_path / "out" / "quality_frontier.png").is_file()
+    assert "2.10 (1.70)" in md and "0.200 (0.100)" in md and "0.050 (0.040)" in md
+    q = load.load_quality(ctx.runs)
+    assert len({quality_section._curve_key(r) for _, r in q.iterrows()}) == 1  # one line over T
+    (run / "eval_quality.jsonl").write_text(json.dumps(base) + "\n")
+    md = quality_section.section(build_context(str(tmp_path / "runs" / "*"), tmp_path / "out"))
+    assert "Generative frontier: not drawn" in md and "judge=smollm2" in md

@@ -189,6 +189,35 @@ def test_evaluate_quality_writes_samples_and_reference_stats(runs, capsys):
     assert stop["until_eos"] is True and math.isfinite(stop["samples"]["gen_ppl"])
 
 
+def test_evaluate_quality_with_a_pretrained_judge_and_temperatures(runs, tmp_path):
+    """judge=smollm2 pointed at a tiny GGUF: judge bits per byte for samples and held-out text,
+    one line per temperature (the frontier), JSD to held-out n-grams and copied spans."""
+    import tiny_gguf
+
+    path = tiny_gguf.write(tmp_path / "judge.gguf")
+    before = len((runs["ar"] / "eval_quality.jsonl").read_text().splitlines()) \
+        if (runs["ar"] / "eval_quality.jsonl").exists() else 0
+    last = evaluate_mod.task(eval_cfg(f"run_dir={runs['ar']}", "judge_dir=none", "judge=smollm2",
+                                      f"judge.weights=gguf:{path}", "temperatures=[0.5,1.0]",
+                                      "floor_split=train"))
+    lines = [json.loads(x) for x in (runs["ar"] / "eval_quality.jsonl").read_text().splitlines()][before:]
+    assert [x["temperature"] for x in lines] == [0.5, 1.0] and lines[-1] == last
+    assert lines[0]["settings"]["temperature"] == 0.5 and lines[0]["samples_file"] != lines[1]["samples_file"]
+    for x in lines:
+        s, r = x["samples"], x["reference"]
+        assert x["text_judge"]["weights"] == f"gguf:{path}" and x["text_judge"]["arch"] == "llama"
+        for q in (s, r):
+            assert math.isfinite(q["judge_bpb"]) and q["judge_bpb"] > 0 and q["judge_bpb_stderr"] >= 0
+            assert 0 <= q["copied_32"] <= 1
+        assert 0 <= s["jsd_1"] <= 1 and 0 <= r["jsd_1"] <= 1   # the floor: another held-out set
+    assert lines[0]["reference"] == lines[1]["reference"]     # held-out text does not depend on T
+    with pytest.raises(UserError, match="temperatures"):
+        evaluate_mod.task(eval_cfg(f"run_dir={runs['ar']}", "judge_dir=none", "temperatures=[0,1]"))
+    with pytest.raises(UserError, match="no such file"):
+        evaluate_mod.task(eval_cfg(f"run_dir={runs['ar']}", "judge_dir=none", "judge=smollm2",
+                                   f"judge.weights=gguf:{tmp_path}/none.gguf"))
+
+
 def test_evaluate_without_a_judge(runs, tmp_path):
     line = evaluate_mod.task(eval_cfg(f"run_dir={runs['ar']}", "judge_dir=none", "num_samples=2"))
     assert line["samples"]["gen_ppl"] is None and line["judge_dir"] is None

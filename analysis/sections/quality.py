@@ -87,7 +87,8 @@ def section(ctx: Context) -> str:
                      f"{pair('jsd_2')} | {pair('copied_32')} | {pair('ast_parse_rate_lines', 2)} | "
                      f"{fixed(1e3 * num(r.get('latency_s_per_sample')), 1)} |")
     if q["s_judge_bpb"].isna().all():
-        lines += ["", "_judge bpb: the pretrained judge scored none of these samples; `make judge`, then rerun "
+        lines += ["", "_judge bpb: the pretrained judge scored none of these samples; `make judge`, then "
+                  "rerun "
                   "the evaluation with `judge=smollm2`._"]
     fig = plot_frontier(q, ctx.out)
     if fig:

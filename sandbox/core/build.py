@@ -33,6 +33,7 @@ from flax import nnx
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 from sandbox.core import flops as flops_lib
 from sandbox.core.cli import CONF_DIR, check_overrides, instantiate, require_int
@@ -110,7 +111,10 @@ def build_model(cfg, tokenizer, seed: int):
     kw = {}
     if cfg.model.get("attention") == "auto":
         kw["attention"] = resolve_attention("auto", str(cfg.model.get("dtype") or "float32"))
-    return instantiate(cfg.model, "model", vocab_size=tokenizer.vocab_size, rngs=nnx.Rngs(seed), **kw)
+    node = cfg.model
+    if "weights" in node:  # where the initial weights come from (sandbox.core.runs.warm_start), not an option
+        node = OmegaConf.masked_copy(node, [k for k in node if k != "weights"])
+    return instantiate(node, "model", vocab_size=tokenizer.vocab_size, rngs=nnx.Rngs(seed), **kw)
 
 
 def check_seq_len(seq_len: int, model, field: str = "train.seq_len") -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from sandbox.core import pretrained
 from sandbox.core.build import build
 from sandbox.core.checkpoint import check_compatible, describe_state, restore_run
 from sandbox.core.cli import CONF_DIR
@@ -122,10 +123,20 @@ def warm_start(cfg, b) -> dict | None:
     """``train.init_from=RUN_DIR``: replace the seed's initial weights of ``b`` (a ``Built``) by
     another run's (``train.init_weights``: its EMA weights, default, or raw ones), refusing in
     one line a source whose tokenizer or parameter shapes differ. The optimizer starts fresh.
-    Returns what the meta line records ({"run", "step", "weights"}), or None without a source."""
+    Returns what the meta line records ({"run", "step", "weights"}), or None without a source.
+
+    ``train.init_from=smollm2_135m`` (a ``conf/weights`` entry) or ``gguf:PATH`` (also spelled
+    ``model.weights=...``) starts from a pretrained GGUF file instead (:func:`pretrained_start`)."""
     source = cfg.train.get("init_from")
+    mw = cfg.model.get("weights") if "weights" in cfg.model else None
+    if mw not in (None, "") and source not in (None, ""):
+        raise UserError(f"model.weights={mw} and train.init_from={source}: two sources of initial weights; "
+                        "keep one")
+    source = source if source not in (None, "") else mw
     if source is None or str(source) == "":
         return None
+    if pretrained.is_spec(source):
+        return pretrained_start(cfg, b, str(source))
     weights = str(cfg.train.get("init_weights", "ema"))
     if weights not in WEIGHTS:
         raise UserError(f"train.init_weights={weights!r}: choose ema or raw")
@@ -143,6 +154,25 @@ def warm_start(cfg, b) -> dict | None:
     check_compatible(describe_state(run.params), describe_state(b.params), f"train.init_from={source}")
     b.params = run.params
     return {"run": str(src), "step": run.step, "weights": weights}
+
+
+def pretrained_start(cfg, b, source: str) -> dict:
+    """Initial weights of ``b`` from a llama GGUF file (``sandbox.models.pretrained``); the run
+    must use the file's tokenizer (``tokenizer=smollm2``) and shapes (``model=llama``)."""
+    from sandbox.models.pretrained import check_llama_options, llama_params
+
+    g = pretrained.open_gguf(source, "train.init_from")
+    tok = b.tokenizer
+    if getattr(tok, "name", None) != "gguf" or g.fingerprint() not in tok.fingerprint():
+        raise UserError(f"train.init_from={source}: the run's tokenizer ({tok.name}, vocabulary "
+                        f"{tok.vocab_size}) "
+                        f"is not the file's; set tokenizer=smollm2 (tokenizer.weights={source})")
+    check_llama_options(b.model, g, f"train.init_from={source}")
+    arrays = g.arrays(cfg.get("cache_dir"))
+    params = llama_params(b.model, arrays, f"train.init_from={source} ({g.path.name})")
+    check_compatible(describe_state(params), describe_state(b.params), f"train.init_from={source}")
+    b.params = params
+    return {"weights": source, "file": str(g.path)}
 
 
 # --- configs written by earlier versions ----------------------------------------------------

@@ -133,7 +133,7 @@ def _write_split(path: Path, docs, tokenizer: Tokenizer, dtype: np.dtype, bar) -
             chunk = [d.text for d in docs[i:i + _CHUNK_DOCS]]
             pieces = []
             for text, ids in zip(chunk, tokenizer.encode_many(chunk), strict=True):
-                if len(ids) and int(ids.max()) >= tokenizer.eos_id:  # text must not make specials
+                if len(ids) and tokenizer.is_special(ids).any():  # text must not make specials
                     raise RuntimeError(f"{tokenizer.name} encoded text to a special id")
                 pieces += [ids.astype(dtype, copy=False), eos]
                 n_bytes += len(text.encode("utf-8"))

@@ -20,6 +20,8 @@ Design choices:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from flax import nnx
 
@@ -32,6 +34,20 @@ def llama_options(g) -> dict:
     return {"d_model": hp["d_model"], "n_layers": hp["n_layers"], "n_heads": hp["n_heads"],
             "n_kv_heads": hp["n_kv_heads"], "d_ff": hp["d_ff"], "rope_base": hp["rope_base"],
             "norm_eps": hp["norm_eps"], "tie_embeddings": hp["tie_embeddings"], "tie_rescale": False}
+
+
+def check_llama_options(model, g, where: str) -> None:
+    """Refuse a model whose options that hold no weights (RoPE base, RMSNorm epsilon, the tied
+    head's rescaling) differ from the file's: its weights would load and compute nonsense."""
+    want = llama_options(g)
+    have = {"rope_base": model.cfg["rope_base"], "norm_eps": model.cfg["norm_eps"],
+            "tie_rescale": model.tie_rescale if model.tie else False}
+    for key, value in have.items():
+        w = want[key]
+        same = math.isclose(float(value), float(w), rel_tol=1e-6) if key != "tie_rescale" else value == w
+        if not same:
+            raise UserError(f"{where}: the file declares {key}={w} but the model has model.{key}={value}; "
+                            f"set model.{key}={w}")
 
 
 def _assign(target, value, name: str, source: str) -> None:
