@@ -24,11 +24,15 @@ FIELDS = ("sampler", "label", "settings", "batch", "length", "prompt_len", "gene
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
+    import tiny_gguf
+
     out = tmp_path_factory.mktemp("bench_gen")
+    judge = tiny_gguf.write(out / "judge.gguf")  # --text-judge: judge bits per byte for every point
     r = cli.main(["gen", "--samplers", "ar,ar_nocache,mdm_threshold,mdm_ancestral", "--lengths", "8,16",
                     "--length", "16", "--batches", "1,2", "--taus", "0.9", "--steps-div", "2", "--blocks", "",
                     "--nocache-tokens", "4", "--repeats", "2", "--max-seconds", "0", "--fwd-repeats", "1",
-                    "--quality", "--quality-samples", "3", "--out", str(out), *OVR])
+                    "--quality", "--quality-samples", "3", "--text-judge", f"gguf:{judge}", "--out", str(out),
+                    *OVR])
     return r, out
 
 
@@ -56,6 +60,7 @@ def test_rows_complete_and_sane(result, capsys):
         if row["sampler"] == "mdm_ancestral":
             assert row["nfe"] <= row["settings"]["steps"]
         assert row["quality"]["n_samples"] == 3 and row["quality"]["unigram_entropy"] > 0
+        assert math.isfinite(row["quality"]["judge_bpb"]) and row["quality"]["judge_bpb"] > 0
     nocache = [x for x in rows if x["label"] == "ar_nocache"]
     assert {(x["length"], x["prompt_len"]) for x in nocache} == {(8, 4), (16, 12)}
     # a point in two sweeps is timed once
