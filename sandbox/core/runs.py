@@ -125,7 +125,7 @@ def warm_start(cfg, b) -> dict | None:
     one line a source whose tokenizer or parameter shapes differ. The optimizer starts fresh.
     Returns what the meta line records ({"run", "step", "weights"}), or None without a source.
 
-    ``train.init_from=smollm2_135m`` (a ``conf/weights`` entry) or ``gguf:PATH`` (also spelled
+    ``train.init_from=smollm2_135m`` (a ``conf/pretrained`` entry) or ``gguf:PATH`` (also spelled
     ``model.weights=...``) starts from a pretrained GGUF file instead (:func:`pretrained_start`)."""
     source = cfg.train.get("init_from")
     mw = cfg.model.get("weights") if "weights" in cfg.model else None

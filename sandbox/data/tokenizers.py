@@ -260,7 +260,7 @@ class GGUFTokenizer(Tokenizer):
     with Hugging Face ``tokenizers`` from the file's vocabulary and merges, so text is cut
     as the pretrained model saw it and its embedding rows keep their meaning.
 
-    ``weights``: ``gguf:PATH`` or a ``conf/weights`` entry (``sandbox.core.pretrained``).
+    ``weights``: ``gguf:PATH`` or a ``conf/pretrained`` entry (``sandbox.core.pretrained``).
     Ids: the file's tokens keep theirs (0..n_text-1). EOS is the file's document separator
     (``eos_token``, ``<|endoftext|>`` for SmolLM2: pretraining documents are joined by it, so
     the pretrained model already ends text with it); PAD, MASK and BOS are new ids after the

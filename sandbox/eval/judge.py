@@ -53,7 +53,7 @@ def bits_per_byte_ratio(bits: np.ndarray, nbytes: np.ndarray) -> tuple[float, fl
 class TextJudge:
     """A pretrained causal LM from a GGUF file, scoring texts (module doc).
 
-    ``weights``: ``gguf:PATH`` or a ``conf/weights`` name; ``cache_dir``: where the converted
+    ``weights``: ``gguf:PATH`` or a ``conf/pretrained`` name; ``cache_dir``: where the converted
     weights are cached; ``batch_size`` rows per call; ``window``: longest scored span in
     judge tokens; ``bucket``: row lengths are padded to a multiple of it."""
 
