@@ -74,7 +74,7 @@ def _same_settings(a, b) -> bool:
 DEGENERATE = 0.8  # samples whose unigram entropy is below this share of real text's are not ranked
 
 
-def quality_axis(rows: list[dict], references: list[dict]):
+def quality_axis(rows: list[dict]):
     """(values aligned with rows [float | None], axis label) or (None, reason).
 
     Judge bits per byte under the pretrained judge (``--text-judge``) when present, else
@@ -143,7 +143,7 @@ def plot_quality(bench: dict, out: Path, prefix: str) -> tuple[list[str], str]:
     (written file names, note)."""
     L = _base_length(bench)
     rows = [r for r in bench["rows"] if r["length"] == L and r["label"] != "ar_nocache"]
-    vals, label = quality_axis(rows, bench["reference"])
+    vals, label = quality_axis(rows)
     if vals is None:
         return [], label
     bad = degenerate(rows, bench["reference"])

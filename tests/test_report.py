@@ -506,7 +506,7 @@ def test_no_judge_no_ranking_and_pareto(tmp_path):
     (d / "results.jsonl").write_text(text.replace('"gen_ppl": ', '"gen_ppl_x": '))
     bench = load.load_bench_gen(d / "results.jsonl")
     assert all(r["quality"] for r in bench["rows"])  # merged from the gen_quality rows
-    vals, label = speed.quality_axis(bench["rows"], bench["reference"])
+    vals, label = speed.quality_axis(bench["rows"])
     assert vals is None and "gibberish" in label and "--text-judge" in label
     md = build_report(str(tmp_path / "runs" / "**"), tmp_path / "out").read_text()
     assert "Quality vs NFE / latency: not drawn (no judge scored the samples" in md
@@ -514,7 +514,7 @@ def test_no_judge_no_ranking_and_pareto(tmp_path):
     bench = load.load_bench_gen(RUNS / "bench" / "gen-20260102-000000" / "results.jsonl")
     for i, r in enumerate(bench["rows"]):
         r["quality"] = {**r["quality"], "judge_bpb": 2.0 + i}
-    vals, label = speed.quality_axis(bench["rows"], bench["reference"])
+    vals, label = speed.quality_axis(bench["rows"])
     assert "judge bits per byte" in label and vals[:2] == [2.0, 3.0]
     refs = {(x["family"], x["length"], x.get("prompt_len", 0)): x["quality"] for x in bench["reference"]}
     rows = [r for r in bench["rows"] if (r["family"], r["length"], r.get("prompt_len", 0)) in refs][:2]

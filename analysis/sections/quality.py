@@ -88,8 +88,7 @@ def section(ctx: Context) -> str:
                      f"{fixed(1e3 * num(r.get('latency_s_per_sample')), 1)} |")
     if q["s_judge_bpb"].isna().all():
         lines += ["", "_judge bpb: the pretrained judge scored none of these samples; `make judge`, then "
-                  "rerun "
-                  "the evaluation with `judge=smollm2`._"]
+                  "rerun the evaluation with `judge=smollm2`._"]
     fig = plot_frontier(q, ctx.out)
     if fig:
         lines += ["", "Generative frontier: judge bits per byte against unigram entropy, over the sampling "

@@ -118,12 +118,8 @@ class GGUF:
     tokens: list[str]
     merges: list[str]
     token_types: list[int]
-    special: dict                    # bos/eos/pad/unk ids the file declares
     pre: str                         # the tokenizer's pre-tokenizer name (tokenizer.ggml.pre)
     _reader: object = field(default=None, repr=False)
-
-    def tensor_names(self) -> list[str]:
-        return [t.name for t in self._reader.tensors]
 
     def fingerprint(self) -> str:
         """Identifies the vocabulary (tokens and merges), not the weights."""
@@ -134,9 +130,6 @@ class GGUF:
     def raw_arrays(self) -> dict[str, np.ndarray]:
         """Every tensor dequantised to float32 as the file stores it (Q and K rows in
         llama.cpp's order): what an independent reference forward reads."""
-        return self._dequantised()
-
-    def _dequantised(self) -> dict[str, np.ndarray]:
         from gguf.quants import dequantize
 
         out = {}
@@ -163,7 +156,7 @@ class GGUF:
                 with np.load(cache) as z:
                     return {k: z[k] for k in z.files}
         hp = self.hparams
-        out = self._dequantised()
+        out = self.raw_arrays()
         for name in list(out):
             if name.endswith("attn_q.weight"):
                 out[name] = _unpermute(out[name], hp["n_heads"])
@@ -230,12 +223,9 @@ def open_gguf(spec: str, field_name: str = "model.weights") -> GGUF:
     if model != "gpt2":
         raise UserError(f"{field_name}={spec}: tokenizer model '{model}' is not supported (byte-level BPE, "
                         "'gpt2', only)")
-    special = {k: _field(reader, f"tokenizer.ggml.{key}_token_id")
-               for k, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown"))}
     names_ = {t.name for t in reader.tensors}
     hp["tie_embeddings"] = "output.weight" not in names_
     return GGUF(path=path, spec=str(spec), arch=arch, hparams=hp, tokens=[str(t) for t in tokens],
                 merges=[str(m) for m in (_field(reader, "tokenizer.ggml.merges") or [])],
                 token_types=[int(t) for t in (_field(reader, "tokenizer.ggml.token_type") or [])],
-                special={k: (None if v is None else int(v)) for k, v in special.items()},
                 pre=str(_field(reader, "tokenizer.ggml.pre", "default")), _reader=reader)

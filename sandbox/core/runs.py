@@ -128,7 +128,7 @@ def warm_start(cfg, b) -> dict | None:
     ``train.init_from=smollm2_135m`` (a ``conf/pretrained`` entry) or ``gguf:PATH`` (also spelled
     ``model.weights=...``) starts from a pretrained GGUF file instead (:func:`pretrained_start`)."""
     source = cfg.train.get("init_from")
-    mw = cfg.model.get("weights") if "weights" in cfg.model else None
+    mw = cfg.model.get("weights")
     if mw not in (None, "") and source not in (None, ""):
         raise UserError(f"model.weights={mw} and train.init_from={source}: two sources of initial weights; "
                         "keep one")

@@ -38,34 +38,42 @@ N_SPECIALS = 4  # eos, pad, mask, bos, in that order after the text ids
 
 
 class Tokenizer:
-    """Common interface. Subclasses set ``name`` and ``n_text`` (number of text ids)."""
+    """Common interface. Subclasses set ``name`` and ``n_text`` (number of text ids).
+
+    ``APPENDED``: the special tokens that get new ids after the text ids, in order (a
+    tokenizer whose text vocabulary already holds one of them, as a pretrained file's
+    document separator, leaves it out and overrides its ``*_id``)."""
 
     name: str = "tokenizer"
     trainable: bool = False
+    APPENDED: tuple[str, ...] = ("eos", "pad", "mask", "bos")
 
     @property
     def n_text(self) -> int:
         raise NotImplementedError
 
+    def _appended(self, special: str) -> int:
+        return self.n_text + self.APPENDED.index(special)
+
     @property
     def vocab_size(self) -> int:
-        return self.n_text + N_SPECIALS
+        return self.n_text + len(self.APPENDED)
 
     @property
     def eos_id(self) -> int:
-        return self.n_text
+        return self._appended("eos")
 
     @property
     def pad_id(self) -> int:
-        return self.n_text + 1
+        return self._appended("pad")
 
     @property
     def mask_id(self) -> int:
-        return self.n_text + 2
+        return self._appended("mask")
 
     @property
     def bos_id(self) -> int:
-        return self.n_text + 3
+        return self._appended("bos")
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -275,6 +283,7 @@ class GGUFTokenizer(Tokenizer):
 
     name = "gguf"
     trainable = True
+    APPENDED = ("pad", "mask", "bos")  # EOS is the file's own separator
     DIGITS_PRE = ("smollm", "starcoder", "refact", "codeshell", "command-r")
 
     def __init__(self, weights: str = "smollm2_135m", eos_token: str = "<|endoftext|>"):
@@ -291,25 +300,9 @@ class GGUFTokenizer(Tokenizer):
         return self._hf().get_vocab_size()
 
     @property
-    def vocab_size(self) -> int:
-        return self.n_text + 3
-
-    @property
     def eos_id(self) -> int:
         self._hf()
         return self._eos
-
-    @property
-    def pad_id(self) -> int:
-        return self.n_text
-
-    @property
-    def mask_id(self) -> int:
-        return self.n_text + 1
-
-    @property
-    def bos_id(self) -> int:
-        return self.n_text + 2
 
     def is_special(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids)
@@ -317,10 +310,7 @@ class GGUFTokenizer(Tokenizer):
         return (ids >= self.n_text) | np.isin(ids, self._control)
 
     def fingerprint(self) -> str:
-        if self._fp is None:
-            from sandbox.core.pretrained import open_gguf
-
-            self._fp = open_gguf(self.weights, "tokenizer.weights").fingerprint()
+        self._hf()  # reads the file once; train() after it is a no-op
         return f"gguf-{self._fp}-eos{self.eos_token}-v1"
 
     def _build(self, tokens, merges, token_types, pre: str):
@@ -342,8 +332,18 @@ class GGUFTokenizer(Tokenizer):
         control = [i for i, t in enumerate(token_types) if t == 3]  # llama.cpp's CONTROL type
         self._control = np.asarray(sorted(set(control) | {self._eos}), np.int64)
 
+    @classmethod
+    def from_gguf(cls, g, eos_token: str = "<|endoftext|>") -> GGUFTokenizer:
+        """The tokenizer of an already opened file (``sandbox.core.pretrained.GGUF``)."""
+        tok = cls(g.spec, eos_token)
+        tok._fp = g.fingerprint()
+        tok._build(g.tokens, g.merges, g.token_types, g.pre)
+        return tok
+
     def train(self, texts: Iterable, cache_dir, corpus_hash: str) -> None:
-        """Read the vocabulary from the GGUF file (the texts are not needed)."""
+        """Read the vocabulary from the GGUF file (the texts are not needed); once."""
+        if self._tok is not None:
+            return
         from sandbox.core.pretrained import open_gguf
 
         g = open_gguf(self.weights, "tokenizer.weights")
@@ -353,18 +353,12 @@ class GGUFTokenizer(Tokenizer):
     def save(self, path: str | os.PathLike) -> None:
         import json
 
+        from sandbox.core.runfiles import atomic_write_text
+
         self._hf()
-        path = Path(path)
         state = {"tokenizer": json.loads(self._tok.to_str()), "eos": self._eos,
                  "control": self._control.tolist(), "fingerprint": self._fp}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            Path(tmp).write_text(json.dumps(state))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(Path(path), json.dumps(state))
 
     def load(self, path: str | os.PathLike) -> None:
         import json

@@ -69,8 +69,7 @@ class TextJudge:
         t0 = time.perf_counter()
         self.weights = str(weights)
         self.g = open_gguf(self.weights, "judge")
-        self.tokenizer = GGUFTokenizer(self.weights)
-        self.tokenizer.train((), None, "")
+        self.tokenizer = GGUFTokenizer.from_gguf(self.g)  # the file is read once
         self.window = min(int(window), int(self.g.hparams["max_len"]) - 1)
         model, _ = build_llama(self.g, max_len=self.window + 1, dtype=dtype, cache_dir=cache_dir)
         self.graphdef, self.params = nnx.split(model, nnx.Param)

@@ -88,7 +88,7 @@ def llama_params(model, arrays: dict, source: str):
     table = model.embed.get_value()
     if d != cfg["d_model"] or v_file > table.shape[0]:
         raise UserError(f"{source}: token_embd.weight has shape {emb.shape} but the model's table is "
-                        f"{tuple(table.shape)}; use the file's tokenizer (tokenizer=gguf) and width")
+                        f"{tuple(table.shape)}; use the file's tokenizer (tokenizer=smollm2) and width")
     full = np.broadcast_to(emb.mean(axis=0), table.shape).copy()
     full[:v_file] = emb
     _assign(model.embed, full, "token_embd.weight", source)
