@@ -198,9 +198,13 @@ def test_trainer_refuses_an_objective_that_cannot_read_the_format(pair, tmp_path
 
 
 @pytest.mark.slow  # over 30 s on the 2-core CPU: `make test-all`
-def test_a_model_that_memorised_edits_decodes_them_natively(tmp_path, sandbox_cache, monkeypatch):
+@pytest.mark.parametrize("denoiser", [[], ["objective.mask_kind=causal", "+model.logit_shift=true"]],
+                         ids=["bidirectional", "causal-shifted"])
+def test_a_model_that_memorised_edits_decodes_them_natively(denoiser, tmp_path, sandbox_cache, monkeypatch):
     """End to end, no oracle: train on fixed edits (an insertion, a deletion, an in-line change)
-    until memorised; the locate forward must flag the right lines and the fill must write them."""
+    until memorised; the locate forward must flag the right lines and the fill must write them
+    (a causal denoiser with the logit shift, the SmolLM2 recipe's, decodes through its prompt
+    cache)."""
     from sandbox.core.runs import load_run
     from sandbox.tasks.edits.evaluate import build_sampler, run_variant
     from sandbox.train import run
@@ -226,7 +230,7 @@ def test_a_model_that_memorised_edits_decodes_them_natively(tmp_path, sandbox_ca
                  "train.batch_size=6", "train.steps=250", "train.eval_every=1000", "train.ckpt_every=1000",
                  "train.log_every=50", "train.eval_batches=1", "train.eval_draws=1", "train.progress=false",
                  "optim.lr=0.003", "optim.warmup_steps=10", "train.ema_decay=0.9",
-                 f"cache_dir={sandbox_cache}"]), d)
+                 f"cache_dir={sandbox_cache}", *denoiser]), d)
     assert sorted(it.kind for it in items) == ["delete_stmt", "insert_stmt", "swap_op"]
     r = load_run(d)
     sampler = build_sampler(compose([f"run_dir={d}", "eval=edits"], config_name="evaluate"), r)

@@ -160,3 +160,19 @@ def test_config_parameter_counts(name, expected):
     extra = model.n_params(non_embedding=False) - n
     d = cfg.model.d_model
     assert extra == d * model.padded_vocab * (1 if cfg.model.tie_embeddings else 2)
+
+
+def test_logit_shift_reads_each_position_from_the_one_before():
+    """model.logit_shift: logits at i are the unshifted model's at i-1 (position 0 keeps its
+    own), under any mask; the same weights, so a pretrained head is reused as it is."""
+    plain, shifted = make(), make(logit_shift=True)
+    nnx.update(shifted, nnx.state(plain))
+    x = tokens(3)
+    for kind in ("causal", "bidirectional"):
+        a, b = np.asarray(forward(plain, x, kind)), np.asarray(forward(shifted, x, kind))
+        np.testing.assert_allclose(b[:, 1:], a[:, :-1], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(b[:, 0], a[:, 0], rtol=1e-6, atol=1e-6)
+    # causal + shift: token i's logits never read token i itself (nor anything after it)
+    y = x.at[:, 5].set((x[:, 5] + 1) % V)
+    diff = np.abs(np.asarray(forward(shifted, y, "causal")) - np.asarray(forward(shifted, x, "causal")))
+    assert diff[:, :6].max() == 0 and diff[:, 6:].max() > 0

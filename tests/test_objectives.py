@@ -355,3 +355,42 @@ def test_bind_takes_the_special_ids_from_the_tokenizer():
     assert AR().bind(tok).bos_id == tok.bos_id
     assert MDLM().bind(tok).mask_id == tok.mask_id
     assert tok.mask_id != tok.bos_id
+
+
+def test_a_causal_denoiser_is_checked_and_carried_to_its_sampler():
+    """objective.mask_kind=causal: the loss reads the model under the causal mask, the label
+    says so, the masked-diffusion sampler decodes under the run's mask, and the settings a
+    causal denoiser cannot use are one-line refusals."""
+    from sandbox.samplers.mdm import MaskedDiffusionSampler
+
+    tok = ByteTokenizer()
+    seen = []
+
+    def spy(tokens, mask_kind="bidirectional", positions=None, t=None):
+        seen.append(mask_kind)
+        return jnp.zeros((*tokens.shape, tok.vocab_size), jnp.float32)
+
+    obj = MDLM(mask_kind="causal").bind(tok)
+    assert obj.label == "mdlm(causal)"
+    loss, _ = obj.loss(spy, jnp.zeros((2, 8), jnp.int32), jax.random.PRNGKey(0))
+    assert np.isfinite(float(loss)) and seen == ["causal"]
+    s = MaskedDiffusionSampler().bind(tok).for_checkpoint(obj)
+    assert s.mask_kind == "causal" and s.settings()["mask_kind"] == "causal"
+    assert "mask_kind" not in MaskedDiffusionSampler().for_checkpoint(MDLM()).settings()
+    with pytest.raises(UserError, match="sampler.cache"):
+        s.replace(cache="prefix", block_size=4, steps=4).check(family="mdm", length=16, prompt_len=8)
+    for kw, field in [({"mask_kind": "block"}, "objective.mask_kind"),
+                      ({"mask_kind": "causal", "prompt_attention": "self"}, "prompt_attention")]:
+        with pytest.raises(UserError, match=field) as e:
+            MDLM(**kw)
+        assert "\n" not in str(e.value)
+
+
+def test_logit_shift_is_refused_by_objectives_that_read_logits_in_their_own_layout():
+    tok = ByteTokenizer()
+    model = Transformer(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_len=32,
+                        logit_shift=True, rngs=nnx.Rngs(0))
+    with pytest.raises(UserError, match="logit_shift") as e:
+        AR().bind(tok).check(model, tok)
+    assert "\n" not in str(e.value)
+    MDLM().bind(tok).check(model, tok)  # masked diffusion reads one logit per position: allowed

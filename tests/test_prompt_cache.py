@@ -136,6 +136,32 @@ def test_cached_and_uncached_decodes_are_identical(sampler):
         assert nfe == 0
 
 
+SHIFTED = _model(logit_shift=True)
+
+
+@pytest.mark.parametrize("shift", [False, True], ids=["own", "shifted"])
+@pytest.mark.parametrize("sampler", [Threshold(tau=0.5, precision="greedy"),
+                                     Ancestral(steps=4, block_size=4)], ids=lambda s: s.name)
+def test_a_causal_denoisers_cached_and_uncached_decodes_are_identical(sampler, shift):
+    """objective.mask_kind=causal: the prompt never reads the canvas, so its cache is exact,
+    with and without model.logit_shift (the first canvas logits come from the prompt pass)."""
+    model = SHIFTED if shift else MODEL
+    graphdef, params = _split(model)
+    s = sampler.bind(TOK).for_checkpoint(MDLM(mask_kind="causal"))
+    assert s.mask_kind == "causal" and s.prompt_cache
+    _, z, _ = _seq(masked=0.7)
+    z = z.at[:, P].set(TOK.mask_id)                  # the first canvas position: the shifted logits' edge
+    outs = []
+    for v in (s, s.replace(prompt_cache=False)):
+        f = jax.jit(lambda p, k, z, v=v: v.infill_cost(nnx.merge(graphdef, p), k, z, P))
+        tokens, nfe, computed = f(params, jax.random.PRNGKey(3), z)
+        outs.append((np.asarray(tokens), int(nfe), int(computed)))
+    (cached, nfe_c, comp_c), (plain, nfe_u, comp_u) = outs
+    np.testing.assert_array_equal(cached, plain)
+    assert nfe_c == nfe_u + 1 and comp_c == P + nfe_u * T and comp_u == nfe_u * (P + T)
+    assert not (cached == TOK.mask_id).any()
+
+
 def test_the_full_setting_keeps_labels_and_the_objective_default():
     s = Threshold().bind(TOK)
     assert "prompt_attention" not in s.settings() and "prompt_cache" not in s.settings()

@@ -91,7 +91,11 @@ class Subject:
 
     @property
     def mask_kind(self) -> str:
-        return "causal" if self.family == "ar" else "bidirectional"
+        """The bare forward's mask: AR's, or a masked-diffusion run's own (objective.mask_kind)."""
+        if self.family == "ar":
+            return "causal"
+        kind = getattr(self.trained, "mask_kind", None) if self.family == "mdm" else None
+        return "causal" if kind == "causal" else "bidirectional"
 
     def forward_len(self, length: int) -> int:
         """Sequence length of the bare forward a sampler step reads (AR: BOS + buffer)."""

@@ -355,6 +355,16 @@ class Transformer(nnx.Module):
         before the output projection (the sandbox's embeddings are drawn with std 1, so the
         logits keep unit scale); false for Llama-style checkpoints (``model=llama``).
       norm_eps: the RMSNorm epsilon (Llama checkpoints declare theirs, 1e-5 for SmolLM2).
+      logit_shift: position i's logits are read from position i-1's hidden state (position
+        0 keeps its own). The "shift" of AR-to-diffusion adaptation (DiffuLLaMA, Gong et al.
+        2025, sec. 3.2; Dream, Ye et al. 2025): a pretrained causal model's next-token head
+        already predicts token i at position i-1, so a masked-diffusion objective trained on
+        it starts from what the head knows instead of relearning "predict my own position".
+        Only full forwards (``__call__``/``hidden``) shift: the cached decoding paths return
+        each position's own logits, since their first position's shifted logits come from a
+        hidden state before the chunk (a masked-diffusion sampler's causal prompt cache
+        shifts them itself, ``samplers/mdm.py``), and objectives that read logits in their
+        own layout refuse the option (``Objective.check``).
       window: sliding-window width of the attention mixers (0: full attention).
       mixer: factory ``(cfg, rngs=...) -> token mixer`` (None: ``Attention``).
       mlp: factory ``(cfg, rngs=...) -> MLP`` (None: ``SwiGLU``).
@@ -377,7 +387,7 @@ class Transformer(nnx.Module):
                  dtype: str = "float32", tie_embeddings: bool = False, tie_rescale: bool = True,
                  norm_eps: float = 1e-6, window: int = 0, mixer=None, mlp=None,
                  time_conditioning: bool = False, mask_id: int | None = None,
-                 rngs: nnx.Rngs, name: str = "transformer"):
+                 logit_shift: bool = False, rngs: nnx.Rngs, name: str = "transformer"):
         n_kv_heads = n_kv_heads or n_heads
         if d_model % n_heads:
             raise UserError(f"model.n_heads={n_heads} must divide model.d_model={d_model}")
@@ -394,6 +404,7 @@ class Transformer(nnx.Module):
         self.padded_vocab = 128 * math.ceil(vocab_size / 128)
         self.max_len, self.dtype, self.tie = max_len, cdt, tie_embeddings
         self.tie_rescale = bool(tie_rescale)
+        self.logit_shift = bool(logit_shift)
         self.name = name
         cfg = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
                    head_dim=d_model // n_heads, d_ff=d_ff, rope_base=rope_base,
@@ -459,7 +470,10 @@ class Transformer(nnx.Module):
         cond = self._cond(tokens, mask_kind, t)
         for blk in self.blocks:
             x = blk(x, r, mask_kind, cond)
-        return self._final(x, cond)
+        h = self._final(x, cond)
+        if self.logit_shift:  # position i reads i-1's state (class doc); position 0 keeps its own
+            h = jnp.concatenate([h[:, :1], h[:, :-1]], axis=1)
+        return h
 
     def logits(self, h):
         """Hidden [B, L, D] -> logits [B, L, V] float32, padded vocabulary removed."""

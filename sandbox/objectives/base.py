@@ -61,6 +61,7 @@ class Objective:
     sampler_family: str = "ar"
     default_sampler: str = "ar"
     edit_sampler: str | None = None
+    logit_shift_ok: bool = False  # reads logits position by position (a shifted head is allowed)
 
     @property
     def label(self) -> str:
@@ -87,6 +88,9 @@ class Objective:
             raise UserError(f"objective={self.name} needs a {kind} mask but model "
                             f"'{getattr(model, 'name', type(model).__name__)}' supports only "
                             f"{', '.join(masks) or 'none'}; pick another model or objective")
+        if getattr(model, "logit_shift", False) and not self.logit_shift_ok:
+            raise UserError(f"objective={self.name} reads logits in its own layout and does not support "
+                            "model.logit_shift=true (masked diffusion does); set model.logit_shift=false")
         if model.vocab_size != tokenizer.vocab_size:
             raise UserError(f"model vocabulary {model.vocab_size} != tokenizer vocabulary "
                             f"{tokenizer.vocab_size}; build the model from the tokenizer")

@@ -40,6 +40,14 @@ Design choices:
   for the corruption and the scoring already, so mask and loss cannot disagree, the objective
   needs nothing from the data config, and no layout assumption (equal prompt lengths,
   a leading prompt) is built in. Without ``cond`` (unconditional data) it changes nothing.
+- ``mask_kind``: ``bidirectional`` (default, MDLM) or ``causal``: the denoiser of token ``i``
+  reads only positions ``<= i`` (with ``model.logit_shift``, ``< i``: an AR model's
+  next-token head). The NELBO is unchanged, the denoiser is just a restricted one; it is
+  the least disruptive way to turn a pretrained causal LM into a masked-diffusion denoiser
+  on a short budget (AR-to-diffusion adaptation keeps the shift and anneals the mask to
+  bidirectional over billions of tokens: DiffuLLaMA, Gong et al. 2025; Dream, Ye et al.
+  2025). It suits conditional tasks whose prompt carries what the canvas's right context
+  would (the edit-native twin, ``sandbox.tasks.edits.native``).
 """
 
 from __future__ import annotations
@@ -77,10 +85,13 @@ class MDLM(Objective):
     default_sampler: str = "mdm_ancestral"
     edit_sampler: str | None = "mdm_threshold"
     prompt_attention: str = "full"  # "full" or "self": the prompt attends only to itself (module doc)
+    logit_shift_ok: bool = True     # one logit per position, whatever hidden state it is read from
 
     @property
     def label(self) -> str:
-        return self.name if self.prompt_attention == "full" else f"{self.name}(prompt=self)"
+        extra = [] if self.prompt_attention == "full" else ["prompt=self"]
+        extra += [] if self.mask_kind == "bidirectional" else [self.mask_kind]
+        return f"{self.name}({','.join(extra)})" if extra else self.name
 
     def __post_init__(self):
         if not (hasattr(self.schedule, "alpha") and hasattr(self.schedule, "weight")):
@@ -89,9 +100,15 @@ class MDLM(Objective):
         if self.eval_estimator not in ("count", "time"):
             raise UserError(f"objective.eval_estimator: unknown value '{self.eval_estimator}' "
                             "(choose count or time)")
+        if self.mask_kind not in ("bidirectional", "causal"):
+            raise UserError(f"objective.mask_kind: unknown value '{self.mask_kind}' (choose bidirectional, "
+                            "or causal for a denoiser that reads only the positions before each token)")
         if self.prompt_attention not in PROMPT_ATTENTION:
             raise UserError(f"objective.prompt_attention: unknown value '{self.prompt_attention}' "
                             "(choose full or self)")
+        if self.mask_kind == "causal" and self.prompt_attention != "full":
+            raise UserError("objective.mask_kind=causal already keeps the prompt from reading the canvas; "
+                            "leave objective.prompt_attention at full")
 
     def bind(self, tokenizer):
         return self.replace(mask_id=int(tokenizer.mask_id))

@@ -56,6 +56,16 @@ both run the inner loops on the canvas alone, so they draw the same random numbe
 produce the same tokens. ``prompt_attention="full"`` (every run trained without the option)
 keeps the whole-canvas loop above unchanged.
 
+**A causal denoiser's prompt cache** (``mask_kind="causal"``, from a run trained with
+``objective.mask_kind=causal``): every position reads only the positions before it, so the
+prompt's keys and values never depend on the canvas either. ``infill`` computes them once
+with ``model.decode`` over the prompt and every step then runs the canvas alone through
+``model.decode`` against that cache (:class:`CausalCachedView`; the cache it would write is
+dropped). With ``model.logit_shift`` the first canvas position's logits are the prompt's last
+position's (the cached paths return each position's own logits; the view shifts them). Exact
+for the same reason as above; ``prompt_cache=False`` is the full-forward reference, its loop
+also on the canvas alone, so both draw the same random numbers.
+
 **Approximate block caches** (``cache=prefix|dual|causal``, with semi-AR blocks; Fast-dLLM, Wu et
 al. 2025, sec. 3.2-3.3): at the start of each block one *refresh* forward of the whole canvas
 (bidirectional, as the model was trained) gives every position's keys and values; the block's
@@ -136,18 +146,38 @@ class CachedView:
 
 class PromptMaskView:
     """The uncached reference of :class:`CachedView` for a prompt: the canvas ``z[B, L - P]``
-    is read as the canvas rows of a full forward of ``[prompt ; z]`` under the prompt mask."""
+    is read as the canvas rows of a full forward of ``[prompt ; z]`` under the prompt mask
+    (``causal``: under the causal mask, the reference of :class:`CausalCachedView`)."""
 
-    def __init__(self, model, prompt):
-        self.model, self.prompt = model, prompt
+    def __init__(self, model, prompt, causal: bool = False):
+        self.model, self.prompt, self.causal = model, prompt, causal
         self.vocab_size = model.vocab_size
 
     def __call__(self, z, mask_kind=None, **kw):
         del mask_kind, kw
         b, p = self.prompt.shape
-        cond = jnp.broadcast_to(jnp.arange(p + z.shape[1]) < p, (b, p + z.shape[1]))
         full = jnp.concatenate([self.prompt, z], axis=1)
+        if self.causal:
+            return self.model(full, mask_kind="causal")[:, p:]
+        cond = jnp.broadcast_to(jnp.arange(p + z.shape[1]) < p, (b, p + z.shape[1]))
         return self.model(full, mask_kind=PromptMask(cond))[:, p:]
+
+
+class CausalCachedView:
+    """A causal denoiser's canvas ``z[B, T]`` at positions start..start+T-1 read against the
+    prompt's cache (``model.decode``, causal inside the canvas). ``last[B, V]``: the prompt's
+    last-position logits, the first canvas position's under ``model.logit_shift``."""
+
+    def __init__(self, model, cache, start, last):
+        self.model, self.cache, self.start, self.last = model, cache, start, last
+        self.vocab_size = model.vocab_size
+
+    def __call__(self, z, mask_kind=None, **kw):
+        del mask_kind, kw
+        logits = self.model.decode(z, self.cache, self.start)[0]
+        if getattr(self.model, "logit_shift", False):
+            logits = jnp.concatenate([self.last[:, None].astype(logits.dtype), logits[:, :-1]], axis=1)
+        return logits
 
 
 def prompt_kv(model, prompt):
@@ -167,6 +197,7 @@ class MaskedDiffusionSampler(Sampler):
     banned_ids: tuple = ()   # BOS / PAD: never in the training data, never drawn
     prompt_attention: str = "full"  # "self": the run's prompt attends only to itself (module doc)
     prompt_cache: bool = True       # with "self": the exact prompt cache (False: full forwards)
+    mask_kind: str = "bidirectional"  # the run's denoiser mask (objective.mask_kind; for_checkpoint sets it)
     cache: str = "none"      # block cache: none | prefix | dual | causal (module doc)
     stop_at_eos: bool = False  # semi-AR blocks: stop after the block in which every row has EOS
     eos_id: int = -1
@@ -207,6 +238,9 @@ class MaskedDiffusionSampler(Sampler):
                             f"blocks of sampler.block_size={self.block_size}, as in block diffusion")
         if self.stop_at_eos and not self.block_size:
             raise UserError("sampler.stop_at_eos stops after a semi-AR block: set sampler.block_size")
+        if self.cache != "none" and self.mask_kind != "bidirectional":
+            raise UserError(f"sampler.cache={self.cache} reads blocks bidirectionally but the run's denoiser "
+                            f"is {self.mask_kind} (objective.mask_kind); use sampler.cache=none")
         if self.cache != "none" and (not self.block_size or gen % self.block_size):
             raise UserError(f"sampler.cache={self.cache} refreshes once per semi-AR block: set "
                             f"sampler.block_size to a divisor of the {gen} generated tokens "
@@ -214,8 +248,12 @@ class MaskedDiffusionSampler(Sampler):
 
     def for_checkpoint(self, objective):
         """The settings a checkpoint fixes, whatever sampler was chosen: how its prompt was
-        attended in training (``objective.prompt_attention``; ``full`` for objectives without it)."""
-        return self.replace(prompt_attention=str(getattr(objective, "prompt_attention", "full")))
+        attended in training (``objective.prompt_attention``; ``full`` for objectives without it)
+        and its denoiser's mask (``objective.mask_kind`` of a masked-diffusion run)."""
+        mdm = getattr(objective, "sampler_family", "") == "mdm"
+        kind = getattr(objective, "mask_kind", None) if mdm else None
+        return self.replace(prompt_attention=str(getattr(objective, "prompt_attention", "full")),
+                            mask_kind=kind if kind in ("bidirectional", "causal") else "bidirectional")
 
     def settings(self) -> dict:
         out = super().settings()
@@ -224,6 +262,8 @@ class MaskedDiffusionSampler(Sampler):
             out.pop("prompt_cache", None)
         if self.cache == "none":
             out.pop("cache", None)
+        if self.mask_kind == "bidirectional":
+            out.pop("mask_kind", None)
         if not self.stop_at_eos:
             out.pop("stop_at_eos", None)
         out.pop("eos_id", None)
@@ -235,7 +275,7 @@ class MaskedDiffusionSampler(Sampler):
     # -- shared pieces --------------------------------------------------------------------------
     def predict(self, model, z):
         """Logits [B, L, V] for canvas z, mask token suppressed (SUBS), temperature applied."""
-        logits = model(z, mask_kind="bidirectional")
+        logits = model(z, mask_kind=self.mask_kind)
         logits = suppress(logits, (self.mask_id, *self.banned_ids))
         return logits if self.temperature == 1.0 else logits / jnp.float32(self.temperature)
 
@@ -294,6 +334,12 @@ class MaskedDiffusionSampler(Sampler):
                 raise UserError(f"sampler.cache={self.cache} needs a backbone with decode_block; model "
                                 f"'{getattr(model, 'name', type(model).__name__)}' has none (use cache=none)")
             return self._fill_cached(model, key, z, start)
+        if self.mask_kind == "causal" and start > 0:
+            if self.prompt_cache and hasattr(model, "decode"):
+                return self._fill_causal_cached(model, key, z, start)
+            view = PromptMaskView(model, z[:, :start], causal=True)
+            canvas, nfe = self._fill_from(view, key, z[:, start:], 0)
+            return jnp.concatenate([z[:, :start], canvas], axis=1), nfe, nfe * length
         if self.prompt_attention == "full" or start == 0:
             z, nfe = self._fill_from(model, key, z, start)
             return z, nfe, nfe * length
@@ -305,6 +351,22 @@ class MaskedDiffusionSampler(Sampler):
         kv, n0 = jax.lax.cond(todo, lambda: (prompt_kv(model, prompt), jnp.int32(1)),
                               lambda: (model.init_cache(z.shape[0], start), jnp.int32(0)))
         canvas, nfe = self._fill_from(CachedView(model, kv, start), key, canvas, 0)
+        return jnp.concatenate([prompt, canvas], axis=1), nfe + n0, n0 * start + nfe * (length - start)
+
+    def _fill_causal_cached(self, model, key, z, start: int):
+        """``infill_cost`` of a causal denoiser through its exact prompt cache (module doc)."""
+        b, length = z.shape
+        prompt, canvas = z[:, :start], z[:, start:]
+
+        def run_prompt():
+            logits, cache = model.decode(prompt, model.init_cache(b, length), 0)
+            return logits[:, -1].astype(jnp.float32), cache, jnp.int32(1)
+
+        def skip():
+            return (jnp.zeros((b, model.vocab_size), jnp.float32), model.init_cache(b, length), jnp.int32(0))
+
+        last, cache, n0 = jax.lax.cond(jnp.any(canvas == self.mask_id), run_prompt, skip)
+        canvas, nfe = self._fill_from(CausalCachedView(model, cache, start, last), key, canvas, 0)
         return jnp.concatenate([prompt, canvas], axis=1), nfe + n0, n0 * start + nfe * (length - start)
 
     def _fill_from(self, model, key, z, start: int):
