@@ -183,6 +183,10 @@ def test_block_sweep_plans_each_cache_batch_and_step_count():
     pts = [x for x in gen_plan.plan(o, {"mdm": subj}) if "block" in x.sweeps]
     got = {(x.sampler.cache, x.batch, x.sampler.steps) for x in pts}
     assert got == {(c, b, s) for c in ("none", "dual", "causal") for b in (1, 8) for s in (16, 8)}
+    # a causal denoiser (objective.mask_kind=causal) has no block caches: only cache=none is planned
+    causal = SimpleNamespace(**vars(subj), mask_kind="causal")
+    pts = [x for x in gen_plan.plan(o, {"mdm": causal}) if "block" in x.sweeps]
+    assert {x.sampler.cache for x in pts} == {"none"} and len(pts) == 4
     with pytest.raises(SystemExit):
         cli.main(["gen", "--block-steps-div", "0"])
 

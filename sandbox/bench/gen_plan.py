@@ -224,6 +224,15 @@ def plan(o, subjects: dict[str, Subject]) -> list[Point]:
     step_batches = o.batches if o.steps_batches == "all" else int_list(o.steps_batches, "--steps-batches")
     steps0 = sorted({max(1, g0 // d) for d in o.steps_div})
     blocks = [b for b in o.blocks if b < g0]
+    mdm = subjects.get("mdm")
+    causal = getattr(mdm, "mask_kind", None) == "causal"
+    if causal and getattr(o, "caches", ()) and any(k.startswith("mdm_") for k in S):
+        print("note: the masked-diffusion run is a causal denoiser (objective.mask_kind=causal): its block "
+              "points run without the approximate block caches, which read blocks bidirectionally")
+
+    def caches(bs):
+        return ["none"] if causal else _caches(o, g0, bs)
+
     if "ar" in S:
         for L in o.lengths:
             add("length", "ar", ARSampler(), 1, L)
@@ -244,7 +253,7 @@ def plan(o, subjects: dict[str, Subject]) -> list[Point]:
         for bs in blocks:
             n_blocks = -(-g0 // bs)
             for b in sorted({1, max(o.batches)}):
-                for c in _caches(o, g0, bs):
+                for c in caches(bs):
                     for d in o.block_steps_div:
                         add("block", "mdm_ancestral",
                             Ancestral(steps=max(n_blocks, g0 // d), block_size=bs, cache=c), b, L0)
@@ -276,7 +285,7 @@ def plan(o, subjects: dict[str, Subject]) -> list[Point]:
                 add("tau", "mdm_threshold", Threshold(tau=t), b, L0)
         for bs in blocks:
             for b in sorted({1, max(o.batches)}):
-                for c in _caches(o, g0, bs):
+                for c in caches(bs):
                     add("block", "mdm_threshold", Threshold(tau=o.tau, block_size=bs, cache=c), b, L0)
     return list(pts.values())
 
