@@ -235,3 +235,25 @@ def test_config_option_default_unknown_value_and_bad_pairings():
         Threshold().bind(TOK).replace(prompt_attention="x").check(family="mdm", length=20, prompt_len=4)
     errors.append(str(e.value))
     assert all("\n" not in m and "prompt_attention" in m for m in errors), errors
+
+
+def test_an_ar_model_read_as_a_causal_shifted_denoiser_decodes_as_ar_left_to_right():
+    """The same weights: greedy masked-diffusion infill with semi-AR blocks of one token, a
+    causal mask and the logit shift (through the causal prompt cache) writes exactly greedy
+    next-token decoding (each token the argmax of the unshifted model's logits at the position
+    before it): the shift puts each prediction where the AR head makes it."""
+    graphdef, params = _split(MODEL)
+    prompt = np.asarray(_seq(b=2, seed=4)[0][:, :P])
+    forward = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x, mask_kind="causal"))
+    x = np.concatenate([prompt, np.zeros((2, T), np.int32)], axis=1)
+    for j in range(P, P + T):                         # the reference: plain greedy AR, full forwards
+        logits = np.array(forward(params, jnp.asarray(x))[:, j - 1])
+        logits[:, [TOK.mask_id, TOK.bos_id, TOK.pad_id]] = -np.inf
+        x[:, j] = logits.argmax(-1)
+    mdm = Ancestral(steps=T, block_size=1, precision="greedy").bind(TOK)
+    mdm = mdm.for_checkpoint(MDLM(mask_kind="causal"))
+    z = jnp.concatenate([jnp.asarray(prompt), jnp.full((2, T), TOK.mask_id, jnp.int32)], axis=1)
+    sg = _split(SHIFTED)[0]                           # the AR weights under logit_shift=True
+    tokens, nfe = jax.jit(lambda p, k: mdm.infill(nnx.merge(sg, p), k, z, P))(params, jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(np.asarray(tokens), x)
+    assert int(nfe) == T + 1                          # one prompt pass, then one token per forward
