@@ -158,7 +158,8 @@ def test_a_causal_denoisers_cached_and_uncached_decodes_are_identical(sampler, s
         outs.append((np.asarray(tokens), int(nfe), int(computed)))
     (cached, nfe_c, comp_c), (plain, nfe_u, comp_u) = outs
     np.testing.assert_array_equal(cached, plain)
-    assert nfe_c == nfe_u + 1 and comp_c == P + nfe_u * T and comp_u == nfe_u * (P + T)
+    # the prompt pass: P positions, P - 1 with the shift (the last one leads each canvas forward)
+    assert nfe_c == nfe_u + 1 and comp_c == P - shift + nfe_u * T and comp_u == nfe_u * (P + T)
     assert not (cached == TOK.mask_id).any()
 
 

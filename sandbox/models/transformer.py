@@ -363,8 +363,8 @@ class Transformer(nnx.Module):
         Only full forwards (``__call__``/``hidden``) shift: the cached decoding paths return
         each position's own logits, since their first position's shifted logits come from a
         hidden state before the chunk (a masked-diffusion sampler's causal prompt cache
-        shifts them itself, ``samplers/mdm.py``), and objectives that read logits in their
-        own layout refuse the option (``Objective.check``).
+        starts its chunks one position earlier instead, ``samplers/mdm.py``), and objectives
+        that read logits in their own layout refuse the option (``Objective.check``).
       window: sliding-window width of the attention mixers (0: full attention).
       mixer: factory ``(cfg, rngs=...) -> token mixer`` (None: ``Attention``).
       mlp: factory ``(cfg, rngs=...) -> MLP`` (None: ``SwiGLU``).

@@ -61,8 +61,9 @@ keeps the whole-canvas loop above unchanged.
 prompt's keys and values never depend on the canvas either. ``infill`` computes them once
 with ``model.decode`` over the prompt and every step then runs the canvas alone through
 ``model.decode`` against that cache (:class:`CausalCachedView`; the cache it would write is
-dropped). With ``model.logit_shift`` the first canvas position's logits are the prompt's last
-position's (the cached paths return each position's own logits; the view shifts them). Exact
+dropped). The cached paths return each position's own logits, so under ``model.logit_shift``
+the prompt's last token stays out of the cache and each step reads ``[last ; canvas[:-1]]``
+one position earlier, whose own logits are the canvas's shifted ones. Exact
 for the same reason as above; ``prompt_cache=False`` is the full-forward reference, its loop
 also on the canvas alone, so both draw the same random numbers.
 
@@ -164,20 +165,20 @@ class PromptMaskView:
 
 
 class CausalCachedView:
-    """A causal denoiser's canvas ``z[B, T]`` at positions start..start+T-1 read against the
-    prompt's cache (``model.decode``, causal inside the canvas). ``last[B, V]``: the prompt's
-    last-position logits, the first canvas position's under ``model.logit_shift``."""
+    """A causal denoiser's canvas ``z[B, T]`` read against its prompt's cache (``model.decode``,
+    causal inside the canvas). ``lead[B, 0 or 1]``: the prompt tokens not in the cache; with one
+    (``model.logit_shift``) each forward reads ``[lead ; z[:, :-1]]`` one position earlier, whose
+    own logits are the canvas's shifted ones."""
 
-    def __init__(self, model, cache, start, last):
-        self.model, self.cache, self.start, self.last = model, cache, start, last
+    def __init__(self, model, cache, lead, start: int):
+        self.model, self.cache, self.lead, self.start = model, cache, lead, start
         self.vocab_size = model.vocab_size
 
     def __call__(self, z, mask_kind=None, **kw):
         del mask_kind, kw
-        logits = self.model.decode(z, self.cache, self.start)[0]
-        if getattr(self.model, "logit_shift", False):
-            logits = jnp.concatenate([self.last[:, None].astype(logits.dtype), logits[:, :-1]], axis=1)
-        return logits
+        n = self.lead.shape[1]
+        x = jnp.concatenate([self.lead, z[:, :-1]], axis=1) if n else z
+        return self.model.decode(x, self.cache, self.start - n)[0]
 
 
 def prompt_kv(model, prompt):
@@ -334,40 +335,41 @@ class MaskedDiffusionSampler(Sampler):
                 raise UserError(f"sampler.cache={self.cache} needs a backbone with decode_block; model "
                                 f"'{getattr(model, 'name', type(model).__name__)}' has none (use cache=none)")
             return self._fill_cached(model, key, z, start)
-        if self.mask_kind == "causal" and start > 0:
-            if self.prompt_cache and hasattr(model, "decode"):
-                return self._fill_causal_cached(model, key, z, start)
-            view = PromptMaskView(model, z[:, :start], causal=True)
-            canvas, nfe = self._fill_from(view, key, z[:, start:], 0)
-            return jnp.concatenate([z[:, :start], canvas], axis=1), nfe, nfe * length
-        if self.prompt_attention == "full" or start == 0:
+        prompted = self.prompt_attention == "self" or self.mask_kind == "causal"
+        if not prompted or start == 0:
             z, nfe = self._fill_from(model, key, z, start)
             return z, nfe, nfe * length
         prompt, canvas = z[:, :start], z[:, start:]
-        if not (self.prompt_cache and hasattr(model, "decode_block")):
-            canvas, nfe = self._fill_from(PromptMaskView(model, prompt), key, canvas, 0)
+        causal = self.mask_kind == "causal"
+        if not (self.prompt_cache and hasattr(model, "decode" if causal else "decode_block")):
+            view = PromptMaskView(model, prompt, causal=causal)
+            canvas, nfe = self._fill_from(view, key, canvas, 0)
             return jnp.concatenate([prompt, canvas], axis=1), nfe, nfe * length
-        todo = jnp.any(canvas == self.mask_id)
-        kv, n0 = jax.lax.cond(todo, lambda: (prompt_kv(model, prompt), jnp.int32(1)),
-                              lambda: (model.init_cache(z.shape[0], start), jnp.int32(0)))
-        canvas, nfe = self._fill_from(CachedView(model, kv, start), key, canvas, 0)
-        return jnp.concatenate([prompt, canvas], axis=1), nfe + n0, n0 * start + nfe * (length - start)
+        view, computed = self._prompt_view(model, prompt, jnp.any(canvas == self.mask_id), length)
+        canvas, nfe = self._fill_from(view, key, canvas, 0)
+        n0 = (computed > 0).astype(jnp.int32)  # the prompt pass, made only if anything is masked
+        return jnp.concatenate([prompt, canvas], axis=1), nfe + n0, computed + nfe * (length - start)
 
-    def _fill_causal_cached(self, model, key, z, start: int):
-        """``infill_cost`` of a causal denoiser through its exact prompt cache (module doc)."""
-        b, length = z.shape
-        prompt, canvas = z[:, :start], z[:, start:]
+    def _prompt_view(self, model, prompt, todo, length: int):
+        """(what the loop reads as the model over the canvas, positions the prompt pass computed):
+        the prompt's exact cache, computed only when ``todo`` (module doc). A causal denoiser
+        caches its prompt with ``model.decode``; under ``model.logit_shift`` the prompt's last
+        token stays out of the cache and leads each canvas forward instead, so the forward's
+        own logits are already the canvas's shifted ones."""
+        b, start = prompt.shape
 
-        def run_prompt():
-            logits, cache = model.decode(prompt, model.init_cache(b, length), 0)
-            return logits[:, -1].astype(jnp.float32), cache, jnp.int32(1)
+        def run(cached, n, empty):
+            return jax.lax.cond(todo, lambda: (cached(), jnp.int32(n)), lambda: (empty, jnp.int32(0)))
 
-        def skip():
-            return (jnp.zeros((b, model.vocab_size), jnp.float32), model.init_cache(b, length), jnp.int32(0))
-
-        last, cache, n0 = jax.lax.cond(jnp.any(canvas == self.mask_id), run_prompt, skip)
-        canvas, nfe = self._fill_from(CausalCachedView(model, cache, start, last), key, canvas, 0)
-        return jnp.concatenate([prompt, canvas], axis=1), nfe + n0, n0 * start + nfe * (length - start)
+        if self.mask_kind != "causal":
+            kv, n = run(lambda: prompt_kv(model, prompt), start, model.init_cache(b, start))
+            return CachedView(model, kv, start), n
+        head = start - 1 if getattr(model, "logit_shift", False) else start
+        empty = model.init_cache(b, length)
+        if head == 0:
+            return CausalCachedView(model, empty, prompt, start), jnp.int32(0)
+        cache, n = run(lambda: model.decode(prompt[:, :head], empty, 0)[1], head, empty)
+        return CausalCachedView(model, cache, prompt[:, head:], start), n
 
     def _fill_from(self, model, key, z, start: int):
         """The block loop of ``infill`` over z[B, L] from ``start``: (tokens, nfe)."""
