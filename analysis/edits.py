@@ -66,7 +66,8 @@ import pandas as pd
 from analysis.labels import settings_text
 from analysis.load import read_jsonl, run_identity
 
-LATENCY_FIELDS = ("id", "edit_kind", "diff_tokens", "function_bytes", "latency_s", "nfe", "exact")
+LATENCY_FIELDS = ("id", "edit_kind", "diff_tokens", "function_bytes", "latency_s", "nfe", "exact", "work",
+                  "dtype")
 METRICS = ("exact_match", "ast_match", "parse_rate", "apply_rate", "changed_line_precision",
            "changed_line_recall", "noop_rate")
 

@@ -82,18 +82,23 @@ def fit_power_law(flops, loss, level: float = 0.95) -> dict | None:
     resid = y - (alpha_c + beta * (x - xm))
     dof = n - 2
     out = {"a": float(math.exp(alpha)), "b": float(-beta), "n": n, "dof": dof,
-           "rmse_log": float(math.sqrt((resid ** 2).mean())), "ci": ""}
+           "rmse_log": float(math.sqrt((resid ** 2).mean())), "ci": "",
+           # the centred form ln L = alpha_c + beta (ln C - xm): its two estimates are uncorrelated,
+           # which is what the delta method of compute_multiplier needs
+           "alpha_c": float(alpha_c), "xm": float(xm), "x_lo": float(x.min()), "x_hi": float(x.max())}
     if dof > 0:
         s2 = float((resid ** 2).sum() / dof)
         se_beta = math.sqrt(s2 / sxx)
         se_alpha = math.sqrt(s2 * (1.0 / n + xm ** 2 / sxx))
         tq, how = t_quantile(dof, 0.5 + level / 2)
+        out.update(alpha_c_se=math.sqrt(s2 / n), tq=tq)
         out.update(b_lo=float(-beta - tq * se_beta), b_hi=float(-beta + tq * se_beta),
                    a_lo=float(math.exp(alpha - tq * se_alpha)), a_hi=float(math.exp(alpha + tq * se_alpha)),
                    b_se=se_beta, ln_a_se=se_alpha, ci=f"{int(level * 100)}%, {how}, {dof} dof")
     else:
         out.update(b_lo=math.nan, b_hi=math.nan, a_lo=math.nan, a_hi=math.nan, b_se=math.nan,
-                   ln_a_se=math.nan, ci="none (2 points, no residual degrees of freedom)")
+                   ln_a_se=math.nan, alpha_c_se=math.nan, tq=math.nan,
+                   ci="none (2 points, no residual degrees of freedom)")
     return out
 
 
@@ -253,3 +258,144 @@ def same_size_ratios(groups: pd.DataFrame, reference: str | None = None) -> pd.D
                      "ratio_lo": 2.0 ** (delta - 2 * se), "ratio_hi": 2.0 ** (delta + 2 * se)})
     out = pd.DataFrame(rows)
     return out if out.empty else _ordered(out, ["budget", "params"])
+
+
+# --- crossovers ------------------------------------------------------------------------------
+def _last_crossing(lx: np.ndarray, d: np.ndarray) -> float | None:
+    """log2 x from which ``d`` stays <= 0 to the end of the range: linear in log2 x between the
+    last point with ``d > 0`` and the next; -inf when ``d <= 0`` everywhere, None when the last
+    point has ``d > 0``."""
+    above = np.flatnonzero(d > 0)
+    if len(above) == 0:
+        return -math.inf
+    i = int(above[-1])
+    if i == len(d) - 1:
+        return None
+    return float(lx[i] + (lx[i + 1] - lx[i]) * d[i] / (d[i] - d[i + 1]))
+
+
+def crossover(x, delta, se, z: float = 1.96) -> dict:
+    """Where a curve overtakes the reference for good: the ``x`` (e.g. epochs) from which
+    ``delta`` (its bits/byte minus the reference's, so negative = ahead) stays at or below 0 to
+    the end of the range, by linear interpolation in ``log2 x`` between the last point where the
+    reference is ahead and the next. (An early lead that is lost again, e.g. at one epoch of a
+    few steps where neither model has learned much, is not a crossover; ``ahead_at`` lists every
+    x where the curve is ahead.)
+
+    The interval repeats that on ``delta - z se`` (the earliest crossing consistent with the
+    noise: ``lo``) and ``delta + z se`` (the latest: ``hi``). Returns ``{x, lo, hi, status}``:
+    ``status`` is ``crosses`` (x measured), ``never`` (ahead nowhere in range: x None), or
+    ``from_start`` (ahead at every x: x = the first x). ``lo`` is None when even
+    the earliest bound is at or before the first point (``<= first x``); ``hi`` None when the
+    latest lies beyond the range. Points need not be sorted; NaN rows are dropped."""
+    x, delta, se = (np.asarray(v, dtype=np.float64) for v in (x, delta, se))
+    ok = np.isfinite(x) & (x > 0) & np.isfinite(delta)
+    x, delta, se = x[ok], delta[ok], np.nan_to_num(se[ok], nan=0.0)
+    if len(x) == 0:
+        return {"x": None, "lo": None, "hi": None, "status": "no points", "ahead_at": []}
+    order = np.argsort(x)
+    lx, d, s = np.log2(x[order]), delta[order], se[order]
+
+    def at(v):
+        c = _last_crossing(lx, v)
+        return c if c is None or c == -math.inf else float(2.0 ** c)
+
+    mid, early, late = at(d), at(d - z * s), at(d + z * s)
+    first = float(2.0 ** lx[0])
+    if mid is None:
+        status, mid = "never", None
+    elif mid == -math.inf:
+        status, mid = "from_start", first
+    else:
+        status = "crosses"
+    lo = None if early is None or early == -math.inf or early <= first else early
+    hi = None if late is None else (first if late == -math.inf else late)
+    ahead = [float(2.0 ** v) for v, dv in zip(lx, d) if dv <= 0]
+    return {"x": mid, "lo": lo, "hi": hi, "status": status, "ahead_at": ahead}
+
+
+# --- the compute-optimal size and the compute multiplier --------------------------------------
+def mark_interior(groups: pd.DataFrame, front: pd.DataFrame) -> pd.DataFrame:
+    """``front`` with ``interior``: True where the optimum has a smaller and a larger size trained
+    at the same budget (a minimum inside the grid, not at its edge), and ``n_sizes``."""
+    if front.empty:
+        return front.assign(interior=[], n_sizes=[])
+    inside, sizes = [], []
+    for _, r in front.iterrows():
+        g = groups[(groups["objective"] == r["objective"]) & (groups["cgroup"] == r["cgroup"])]
+        inside.append(bool((g["params"] < r["params"]).any() and (g["params"] > r["params"]).any()))
+        sizes.append(int(g["params"].nunique()))
+    return front.assign(interior=inside, n_sizes=sizes)
+
+
+def refine_optimum(groups: pd.DataFrame, objective: str, budget: float) -> float | None:
+    """The compute-optimal size between grid points: a parabola in ln N through the IsoFLOP
+    minimum and its two neighbours (Hoffmann et al. 2022, approach 2), its vertex. None when
+    the minimum is at the edge of the sizes trained (no bracket) or the parabola opens down."""
+    g = groups[(groups["objective"] == objective) & (groups["cgroup"] == budget)].sort_values("params")
+    if len(g) < 3:
+        return None
+    i = int(np.argmin(g["bpb_mean"].to_numpy()))
+    if i == 0 or i == len(g) - 1:
+        return None
+    x = np.log(g["params"].to_numpy()[i - 1:i + 2].astype(np.float64))
+    y = g["bpb_mean"].to_numpy()[i - 1:i + 2].astype(np.float64)
+    c2, c1, _ = np.polyfit(x, y, 2)
+    if c2 <= 0:
+        return None
+    return float(math.exp(min(max(-c1 / (2 * c2), x[0]), x[-1])))
+
+
+def fit_optimal_size(groups: pd.DataFrame, front: pd.DataFrame) -> dict[str, dict]:
+    """objective -> power law ``N_opt = k * C^a`` over the budgets whose optimum is interior
+    (refined by :func:`refine_optimum`), with ``points`` [(flops, N_opt)]: ``fit_power_law``'s
+    ``b`` is ``-a`` (its law decreases). Two interior budgets or more, else no fit."""
+    out = {}
+    for obj, f in front.groupby("objective"):
+        pts = [(r["flops"], refine_optimum(groups, obj, r["cgroup"])) for _, r in f.iterrows()]
+        pts = [(c, n) for c, n in pts if n is not None]
+        fit = fit_power_law([c for c, _ in pts], [n for _, n in pts]) if len(pts) >= 2 else None
+        if fit is not None:
+            out[obj] = {**fit, "exponent": -fit["b"], "exponent_lo": -fit["b_hi"],
+                        "exponent_hi": -fit["b_lo"], "points": pts}
+    return out
+
+
+def compute_multiplier(front: pd.DataFrame, fits: dict, reference: str | None = None,
+                       level: float = 0.95) -> pd.DataFrame:
+    """How many times the reference's training compute another objective needs to reach the
+    reference's loss: per budget and objective, ``C' / C`` where the objective's power law meets
+    the reference's frontier figure ``L_ref(C)`` (Nie et al. 2024 report about 16x for MDLM at
+    scale). ``ln C' = xm + (ln L_ref - alpha_c) / beta`` (the objective's centred fit); its
+    interval by the delta method over ``alpha_c``, ``beta`` (uncorrelated) and the reference's
+    seed s.e., with the fit's Student-t quantile. ``how``: ``interpolated`` inside the fitted
+    range, ``extrapolated`` within :data:`EXTRAPOLATE` x of it, ``far outside`` beyond (shown,
+    flagged). Where the objective's loss is an upper bound, so is the multiplier."""
+    rows = []
+    reference = reference or reference_objective(bounds_of(front))
+    if front.empty or reference is None:
+        return pd.DataFrame(rows)
+    for _, a in front[front["objective"] == reference].iterrows():
+        for obj, fit in fits.items():
+            if obj == reference:
+                continue
+            beta = -fit["b"]
+            if not beta < 0:
+                continue
+            ln_l = math.log(a["bpb_mean"])
+            xp = fit["xm"] + (ln_l - fit["alpha_c"]) / beta
+            var_ref = (a["bpb_se"] / a["bpb_mean"]) ** 2 if a["bpb_se"] == a["bpb_se"] else 0.0
+            var = ((fit["alpha_c_se"] ** 2 + var_ref) / beta ** 2
+                   + ((ln_l - fit["alpha_c"]) / beta ** 2) ** 2 * fit["b_se"] ** 2)
+            half = fit["tq"] * math.sqrt(var) if var == var else math.nan
+            lo_x, hi_x = fit["x_lo"], fit["x_hi"]
+            how = ("interpolated" if lo_x <= xp <= hi_x else "extrapolated"
+                   if lo_x - math.log(EXTRAPOLATE) <= xp <= hi_x + math.log(EXTRAPOLATE) else "far outside")
+            c = math.log(a["flops"])
+            rows.append({"budget": a["cgroup"], "objective": obj, "reference": reference,
+                         "ref_bpb": a["bpb_mean"],
+                         "flops_needed": math.exp(xp), "multiplier": math.exp(xp - c),
+                         "multiplier_lo": math.exp(xp - half - c) if half == half else math.nan,
+                         "multiplier_hi": math.exp(xp + half - c) if half == half else math.nan,
+                         "how": how})
+    return pd.DataFrame(rows)

@@ -181,8 +181,8 @@ def find_bench_gen(patterns: list[str] | str) -> list[Path]:
 
 
 def load_bench_gen(results: Path) -> dict:
-    """{dir, meta, rows, skipped, reference, quality_rows, complete, summary} of one benchmark
-    folder.
+    """{dir, meta, rows, probe, skipped, reference, quality_rows, complete, summary} of one
+    benchmark folder (``probe``: the device's measured peak and bandwidth, or None).
 
     ``rows``: one row per timed point with ``quality`` (a dict or None) merged from the
     ``gen_quality`` rows (also kept as they are in ``quality_rows``); ``reference``: statistics
@@ -205,6 +205,7 @@ def load_bench_gen(results: Path) -> dict:
         except (json.JSONDecodeError, OSError):
             summary = None
     return {"dir": results.parent, "meta": meta, "rows": rows,
+            "probe": next((r for r in recs if r.get("kind") == "probe"), None),
             "skipped": [r for r in recs if r.get("kind") == "skipped"],
             "reference": [r for r in recs if r.get("kind") == "reference"],
             "quality_rows": quality_rows, "complete": summary is not None, "summary": summary}

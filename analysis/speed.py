@@ -138,6 +138,12 @@ def _base_length(bench: dict) -> int | None:
     return max(set(lengths), key=lengths.count) if lengths else None
 
 
+def _where(bench: dict) -> str:
+    """A title suffix saying where the latencies come from (``bench["where"]``: e.g. measured on
+    this CPU, or projected on H200 by ``analysis.roofline``)."""
+    return f"\n{bench['where']}" if bench.get("where") else ""
+
+
 def plot_quality(bench: dict, out: Path, prefix: str) -> tuple[list[str], str]:
     """Quality vs NFE and vs latency per sequence, Pareto front per sampler. Returns
     (written file names, note)."""
@@ -164,7 +170,7 @@ def plot_quality(bench: dict, out: Path, prefix: str) -> tuple[list[str], str]:
     for ax, b in zip(axes[0], batches):
         _scatter_fronts(ax, [(r, 1e3 * r["latency_per_seq_s"], v) for r, v in pts if r["batch"] == b], colors)
         ax.set(xscale="log", xlabel="latency per sequence (ms)", ylabel=label,
-               title=f"Quality vs latency, batch {b} (length {L})")
+               title=f"Quality vs latency, batch {b} (length {L}){_where(bench)}")
         finish_axes(ax)
     files.append(save_figure(fig, out, f"{prefix}_quality_vs_latency.png"))
     return files, label
@@ -213,7 +219,7 @@ def plot_throughput(bench: dict, out: Path, prefix: str) -> list[str]:
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.minorticks_off()
     ax.set(yscale="log", xlabel="batch (sequences per call)", ylabel="generated tokens / s",
-           title=f"Throughput vs batch (length {L})")
+           title=f"Throughput vs batch (length {L}){_where(bench)}")
     finish_axes(ax)
     return [save_figure(fig, out, f"{prefix}_throughput_vs_batch.png")]
 
@@ -247,9 +253,9 @@ def plot_latency_length(bench: dict, out: Path, prefix: str) -> list[str]:
         ax.set_xticks(lengths, [str(x) for x in lengths])
         ax.minorticks_off()
     axes[0].set(yscale="log", xlabel="output length (tokens)", ylabel="ms per generated token",
-                title="Time per generated token, batch 1")
+                title=f"Time per generated token, batch 1{_where(bench)}")
     axes[1].set(yscale="log", xlabel="output length (tokens)", ylabel="s per sequence",
-                title="Latency per sequence, batch 1")
+                title=f"Latency per sequence, batch 1{_where(bench)}")
     for ax in axes:
         finish_axes(ax)
     return [save_figure(fig, out, f"{prefix}_latency_vs_length.png")]
@@ -302,14 +308,15 @@ def slug(bench: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", bench["dir"].name)
 
 
-def draw(bench: dict, out: Path) -> dict:
-    """Every figure of one benchmark into ``out``. Returns {figures, quality_note}."""
+def draw(bench: dict, out: Path, prefix: str | None = None, plots=PLOTS) -> dict:
+    """Every figure of one benchmark (or ``plots`` of them) into ``out``. Returns {figures,
+    quality_files, quality_note}."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    prefix = slug(bench)
+    prefix = prefix or slug(bench)
     qfiles, note = plot_quality(bench, out, prefix)
     files = list(qfiles)
-    for f in PLOTS:
+    for f in plots:
         files += f(bench, out, prefix)
     return {"figures": files, "quality_files": qfiles, "quality_note": note}
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check: on a machine with an NVIDIA GPU (after `pip install -e '.[cuda]'`), run one
 # training step per objective, every sampler once, the training and generation speed
-# benchmarks at one point each, and the report with its figures, all into one folder:
+# benchmarks at one point each, the roofline latency model against the measured points (and
+# its calibration for this GPU), and the report with its figures, all into one folder:
 #
 #   scripts/gpu_check.sh [OUT]        # or: make gpu-check   (OUT: runs/gpu_check/<time>)
 #
@@ -51,6 +52,13 @@ step "bench train: tiny, ar + mdlm, batch 32, seq 256"
 step "bench gen: length 128, batch 1 and 32 (--demo point)"
 "$PY" -m sandbox.bench gen --demo --out "$OUT/bench"
 
+# 3b. the roofline latency model against this GPU's measured points (conf/hardware/<gpu>.yaml:
+# datasheet peaks, assumed efficiencies), then the efficiency and per-forward cost fitted on this
+# benchmark's bare forwards: the lines to put in that file once a GPU has been seen
+step "roofline: predicted vs measured generation latency (and the calibration)"
+"$PY" -m analysis.roofline "$OUT/bench" 2>&1 | tee "$OUT/roofline.txt" || true
+"$PY" -m analysis.roofline "$OUT/bench" calibrate=true 2>&1 | tee "$OUT/roofline_calibrated.txt" || true
+
 # 4. report and figures
 step "report"
 "$PY" -m analysis.report "runs_glob=$OUT/*" "out=$OUT" "title=GPU check"
@@ -76,6 +84,10 @@ for path in sorted(glob.glob(str(out / "bench" / "gen-*" / "results.jsonl"))):
         if r.get("kind") == "gen" and r.get("batch") == 1:
             print(f"  bench gen {r['label']} ({r['settings_text']}), length {r['length']}, batch 1: "
                   f"{1e3 * r['latency_per_seq_s']:.1f} ms/sequence, NFE {r['nfe']:g}")
+for name in ("roofline.txt", "roofline_calibrated.txt"):
+    lines = (out / name).read_text().strip().splitlines() if (out / name).exists() else []
+    last = [x for x in lines if "within" in x or x.startswith("error")]
+    print(f"  {name}: {last[-1] if last else '(not run)'}")
 samples = sorted(p.name for p in out.glob("*/samples/*.jsonl"))
 print(f"  samples: {len(samples)} files; report: {out / 'report.md'}")
 PY

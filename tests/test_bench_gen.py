@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis import gen_summary
+from analysis import gen_summary, roofline
 from analysis.gen_summary import format_summary, summarize
 from analysis.load import find_bench_gen, load_bench_gen
 from sandbox.bench import cli, gen_plan, gen_time
@@ -86,6 +86,23 @@ def test_summary_and_files(result):
     assert qrows and all(x["examples"] for x in qrows)
     loaded = load_bench_gen(paths[0])
     assert loaded["complete"] and all(x["quality"] for x in loaded["rows"])
+
+
+def test_rows_record_the_work_the_roofline_model_reads(result):
+    r, out = result
+    [d] = find_bench_gen(str(out / "*"))
+    bench = load_bench_gen(d)
+    probe = bench["probe"]
+    assert probe["peak_gflops"] > 0 and set(probe["bandwidth_gbs"]) == {"ar", "mdm"}
+    for row in bench["rows"]:
+        w = row["work"]
+        assert w["n_layers"] == 1 and all(p["flops"] > 0 and p["bytes"] > 0 for p in w["passes"])
+        assert sum(p["count"] for p in w["passes"]) == pytest.approx(row["nfe"]), row["label"]
+        if row["label"] == "ar":   # the prefill of BOS + prompt, then one-token steps
+            assert w["passes"][0]["q"] == row["prompt_len"] + 1 and w["passes"][-1]["q"] == 1
+        assert row["forward1_loop_s"] > 0 and row["forward1_work"]["flops"] < row["forward_work"]["flops"]
+    v = roofline.validate(bench["rows"], probe, "cpu")
+    assert v["n"] == len(bench["rows"]) and math.isfinite(v["median_abs_err"])
 
 
 def test_printed_table_and_summary(tmp_path, capsys):

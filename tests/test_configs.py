@@ -19,7 +19,7 @@ from sandbox.data import ByteTokenizer
 TARGET_GROUPS = ("data", "tokenizer", "model", "objective")
 # groups whose options are not selected with group=option from the main config; conf/pretrained/
 # is no Hydra group but the registry of named GGUF files that sandbox.core.pretrained reads
-NOT_SELECTABLE = {"hydra", "pretrained"}
+NOT_SELECTABLE = {"hydra", "pretrained", "hardware"}  # read by code (analysis/roofline.py), not composed
 
 
 def _options() -> list[tuple[str, str]]:

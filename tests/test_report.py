@@ -30,8 +30,8 @@ RUNS = FIXTURES / "run_folders"
 N_RUNS = 30  # 18 scaling + 2 second seeds + 1 extra budget + half + no-eval + unknown + 6 repetition
 
 FIGURES = ("learning_curves.png", "bpb_vs_tokens.png", "bpb_vs_flops.png", "isoflop.png", "scaling.png",
-           "repetition.png", "edits_vs_diff_size.png", "edits_latency_vs_function_length.png",
-           "edits_exact_by_kind.png", "edits_exact_vs_latency.png")
+           "repetition.png", "repetition_compute.png", "edits_vs_diff_size.png",
+           "edits_latency_vs_function_length.png", "edits_exact_by_kind.png", "edits_exact_vs_latency.png")
 BENCH_FIGURES = ("_quality_vs_nfe.png", "_quality_vs_latency.png", "_throughput_vs_batch.png",
                  "_latency_vs_length.png", "_step_over_forward.png")
 # runs written before meta lines carried objective_label / bound (make_runs.py's old format)
@@ -346,6 +346,8 @@ def test_report_on_the_fixture_writes_every_figure_and_is_idempotent(fixture_rep
     assert "| ar | 3 | 4 |" in md                       # fit table: 3 budgets, 4 points
     assert "Student-t" in md and "L = a * C^(-b)" in md
     assert "Below ar's exact figure at 16 epochs (mdlm)." in md
+    # the fixture's mdlm - ar: +0.2, +0.3, -0.6 bits at 1, 4, 16 epochs: 2^(2 + 2 * 0.3 / 0.9) = 6.35
+    assert "| d64 (0.08M) | 102,400 | 6.35 [6.16, 6.54] |" in md and "repetition_compute.png" in _images(md)
     assert "(stdlib_code max_files=12, bytes, seq 128):" in md  # short setting label
     assert "StdlibCode" not in md and "_target_" not in md and "max_files=None" not in md
     assert "| ar/d64 whole ar temperature=0.0 | 40 | 50.0% |" in md

@@ -287,3 +287,24 @@ def test_an_moe_run_logs_its_auxiliary_loss(uninterrupted, sandbox_cache, tmp_pa
     train = records(d, "train")
     assert train and all(r["aux_loss"] > 0 for r in train)
     assert all("aux_loss" not in r for r in records(uninterrupted["ar"], "train"))  # dense: none
+
+
+def test_epochs_set_the_steps_that_read_the_unique_data_that_many_times():
+    from omegaconf import OmegaConf
+
+    from sandbox.core.build import resolve_steps
+
+    def cfg(**train):
+        base = {"steps": 7, "flop_budget": None, "batch_size": 8, "seq_len": 128, "unique_tokens": 8192,
+                "epochs": None}
+        return OmegaConf.create({"train": {**base, **train}})
+
+    assert resolve_steps(cfg(), 1.0) == 7                                  # no epochs: train.steps
+    assert resolve_steps(cfg(epochs=256), 1.0) == 256 * 8192 // 1024      # 8 steps an epoch
+    assert resolve_steps(cfg(epochs=0.01), 1.0) == 1                       # at least one step
+    for bad, msg in (({"epochs": 4, "unique_tokens": None}, "train.epochs needs train.unique_tokens"),
+                     ({"epochs": 4, "flop_budget": 1e12}, "train.epochs and train.flop_budget both set"),
+                     ({"epochs": 0}, "train.epochs=0 must be positive"),
+                     ({"epochs": "many"}, "train.epochs='many' must be a number")):
+        with pytest.raises(UserError, match=msg):
+            resolve_steps(cfg(**bad), 1.0)

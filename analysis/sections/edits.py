@@ -25,7 +25,7 @@ from analysis.context import Context
 from analysis.edits import MIN_MATCHED, crossover, diff_bins, load_edits, matched_latency
 from analysis.formatting import fixed, ms, num, pct
 from analysis.plotting import color_of, plain_log_ticks, plt, save_figure
-from analysis.sections import gap, images
+from analysis.sections import edit_worlds, gap, images
 
 HEADING = "## Code edits: exact match and latency vs diff size (`sandbox.evaluate eval=edits`)"
 
@@ -262,6 +262,10 @@ def section(ctx: Context) -> str:
     matched, matched_files = matched_table(lat, bins, ctx.out, ctx.colors)
     lines += matched
     files += matched_files
+    worlds, worlds_files = edit_worlds.section_lines(lat, bins, ctx.out,
+                                                     lambda o, i: _style(o, i, ctx.colors))
+    lines += worlds
+    files += worlds_files
     base = [(r["series"], k, v) for _, r in s.iterrows() for k, v in sorted(r["baselines"].items())
             if isinstance(v, dict)]
     if base:

@@ -3,7 +3,11 @@
 Runs that record their unique training tokens get ``epochs = tokens / unique tokens``; runs of
 the same size on the same unique data that differ in epochs, at least one of them past one
 epoch, form a group drawn as bits per byte against epochs, one line per objective, with a
-table per group and a verdict against the exact-likelihood reference. Without recorded unique
+table per group and a verdict against the exact-likelihood reference, the same runs against
+training FLOPs (BD3LM spends more per token), and the **crossover epoch count** per diffusion
+objective and unique-data size: where its bound first drops below the reference's exact figure
+(:func:`analysis.fits.crossover`: linear in log2 epochs between the measured points, with the
+interval from the seed-mean difference -/+ 1.96 s.e.), or "none in range". Without recorded unique
 tokens, runs given ``train.steps`` on the same data and model are drawn against tokens seen
 instead (labelled so); without those either, one line says what is missing.
 """
@@ -12,10 +16,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis.context import Context
-from analysis.fits import final_points, grouped, objectives_in
+from analysis.fits import crossover, final_points, grouped, objectives_in
 from analysis.formatting import fixed, join_labels, sig
 from analysis.labels import bound_suffix, bounds_of, reference_objective
 from analysis.plotting import color_of, curve_axes, plain_log_ticks, save_figure
@@ -40,8 +45,11 @@ def plot_repetition(pts: pd.DataFrame, xcol: str, xlabel: str, group_cols: list[
             suffix = bound_suffix("upper") if m["bound"].iloc[0] == "upper" else ""
             ax.errorbar(m["x"], m["bpb_mean"], yerr=m["bpb_se"], marker="o", ms=4, capsize=2,
                         color=color_of(colors, obj), label=obj + suffix)
-        ax.set_xscale("log", base=2)
-        plain_log_ticks(ax, "x")
+        if xcol == "flops":  # 1e11-style ticks read better than 2^k for compute
+            ax.set_xscale("log")
+        else:
+            ax.set_xscale("log", base=2)
+            plain_log_ticks(ax, "x")
         first = g.iloc[0]
         title = first["size"]
         if "unique_tokens" in group_cols:
@@ -79,6 +87,61 @@ def _group_table(g: pd.DataFrame) -> list[str]:
     return lines + ["", verdict, ""]
 
 
+def crossovers(groups: list[tuple]) -> pd.DataFrame:
+    """One row per (group, objective other than the exact reference): the crossover epochs of
+    :func:`analysis.fits.crossover` with ``size``, ``unique_tokens``, ``reference``."""
+    rows = []
+    for _key, g in groups:
+        ref = reference_objective(bounds_of(g))
+        if ref is None:
+            continue
+        m = grouped(g.assign(x=g["epochs"].round(6)), keys=("objective", "x"))
+        r = m[m["objective"] == ref].set_index("x")
+        for obj in objectives_in(g):
+            if obj == ref:
+                continue
+            o = m[m["objective"] == obj].set_index("x")
+            xs = sorted(set(o.index) & set(r.index))
+            if len(xs) < 2:
+                continue
+            delta = [o.loc[x, "bpb_mean"] - r.loc[x, "bpb_mean"] for x in xs]
+            se = [float(np.hypot(o.loc[x, "bpb_se"], r.loc[x, "bpb_se"])) for x in xs]
+            c = crossover(xs, delta, se)
+            rows.append({"size": g["size"].iloc[0], "unique_tokens": float(g["unique_tokens"].iloc[0]),
+                         "objective": obj, "reference": ref, "first": xs[0], "last": xs[-1],
+                         "n_seeds": int(o["n_seeds"].min()), **c})
+    return pd.DataFrame(rows)
+
+
+def _crossover_text(r) -> str:
+    early = [x for x in r.get("ahead_at") or [] if r["x"] is None or x < r["x"]]
+    note = ""
+    if early and r["status"] != "from_start":
+        note = f"; also ahead at {', '.join(sig(x) for x in early)}"
+    if r["status"] == "never":
+        return f"none in {sig(r['first'])}–{sig(r['last'])}{note}"
+    if r["status"] == "from_start":
+        return f"≤ {sig(r['first'])} (ahead at every point)"
+    lo = f"≤ {sig(r['first'])}" if r["lo"] is None else sig(r["lo"])
+    hi = f"> {sig(r['last'])}" if r["hi"] is None else sig(r["hi"])
+    return f"{sig(r['x'])} [{lo}, {hi}]{note}"
+
+
+def crossover_table(cross: pd.DataFrame) -> list[str]:
+    """Rows: unique-data size (and model size); columns: objectives; cells: crossover epochs."""
+    if cross.empty:
+        return []
+    objs = list(dict.fromkeys(cross["objective"]))
+    lines = ["**Crossover**: the epoch count from which each objective's held-out figure stays "
+             f"below {join_labels(sorted(set(cross['reference'])))}'s (interpolated in log2 epochs "
+             "between measured points; brackets: the same for the seed-mean difference -/+ 1.96 s.e.):",
+             "", "| size | unique tokens | " + " | ".join(objs) + " |", "|---|---:|" + "---:|" * len(objs)]
+    for (size, unique), g in cross.groupby(["size", "unique_tokens"], sort=True):
+        cells = {r["objective"]: _crossover_text(r) for _, r in g.iterrows()}
+        lines.append(f"| {size} | {unique:,.0f} | " + " | ".join(cells.get(o, "–") for o in objs) + " |")
+    return lines + [""]
+
+
 def section(ctx: Context) -> str:
     pts = final_points(ctx.table)
     if pts.empty:
@@ -95,6 +158,11 @@ def section(ctx: Context) -> str:
                  "for a different number of epochs (seed mean ± s.e.). " + ctx.bound_note + " So where an "
                  "upper bound lies below an exact figure, that model is better for certain; where it lies "
                  "above, the gap may be smaller than drawn.", "", f"![{name}]({name})", ""]
+        cname, _ = plot_repetition(rep, "flops", "training FLOPs", REP_KEYS, ctx.out,
+                                   "repetition_compute.png", ctx.colors)
+        lines += ["The same points against training compute (FLOPs; a block-diffusion token costs more):", "",
+                  f"![{cname}]({cname})", ""]
+        lines += crossover_table(crossovers(groups))
         for _key, g in groups:
             lines += _group_table(g)
         return "\n".join(lines) + "\n"

@@ -15,7 +15,18 @@ import numpy as np
 import pandas as pd
 
 from analysis.context import Context
-from analysis.fits import budget_points, fit_all, frontier, grouped, objectives_in, predict, settings_of
+from analysis.fits import (
+    budget_points,
+    compute_multiplier,
+    fit_all,
+    fit_optimal_size,
+    frontier,
+    grouped,
+    mark_interior,
+    objectives_in,
+    predict,
+    settings_of,
+)
 from analysis.formatting import fixed, join_labels, sig
 from analysis.labels import bound_suffix
 from analysis.plotting import color_of, curve_axes, plain_log_ticks, plt, save_figure
@@ -108,13 +119,60 @@ def _one_setting(ctx: Context, pts: pd.DataFrame, suffix: str, setting: str) -> 
     if missing:
         lines += [f"_No power-law fit for {join_labels(missing)}: a fit needs finished runs at two or more "
                   "budgets._", ""]
-    lines += ["Compute-optimal points:", "", "| objective | budget (FLOPs) | size | FLOPs | tokens | seeds | "
-              "bits/byte ± s.e. |", "|---|---:|---|---:|---:|---:|---|"]
+    front = mark_interior(groups, front)
+    lines += ["Compute-optimal points (`edge`: the optimum is the smallest or largest size trained at that "
+              "budget, so the true optimum may lie outside the grid):", "",
+              "| objective | budget (FLOPs) | size | FLOPs | tokens | seeds | bits/byte ± s.e. | in grid |",
+              "|---|---:|---|---:|---:|---:|---|---|"]
     for obj in objectives_in(front):
         for _, r in front[front["objective"] == obj].sort_values("cgroup").iterrows():
+            where = ("interior" if r["interior"]
+                     else f"edge ({r['n_sizes']} size{'s' if r['n_sizes'] != 1 else ''})")
             lines.append(f"| {r['objective']} | {sig(r['cgroup'])} | {r['size']} | {sig(r['flops'])} | "
                          f"{sig(r['tokens'])} | {r['n_seeds']} | "
-                         f"{fixed(r['bpb_mean'])} ± {fixed(r['bpb_se'])} |")
+                         f"{fixed(r['bpb_mean'])} ± {fixed(r['bpb_se'])} | {where} |")
+    lines.append("")
+    lines += _optimal_size_lines(groups, front)
+    lines += _multiplier_lines(front, fits)
+    return lines + [""]
+
+
+def _optimal_size_lines(groups: pd.DataFrame, front: pd.DataFrame) -> list[str]:
+    sizes = fit_optimal_size(groups, front)
+    n_inside = front.groupby("objective")["interior"].sum()
+    if not sizes:
+        return [f"_No fit of the optimal size against compute: it needs an interior optimum at two or more "
+                f"budgets (interior budgets: {', '.join(f'{o} {int(n)}' for o, n in n_inside.items())})._",
+                ""]
+    lines = ["Compute-optimal size against compute, `N_opt = k * C^a` over the budgets with an interior "
+             "optimum (each refined by a parabola in ln N through the minimum and its neighbours, Hoffmann "
+             "et al. 2022, approach 2; Chinchilla's a is about 0.5):", "",
+             "| objective | interior budgets | a [95% CI] | N_opt at those budgets |", "|---|---:|---|---|"]
+    for obj in [o for o in objectives_in(front) if o in sizes]:
+        f = sizes[obj]
+        pts = ", ".join(f"{sig(n / 1e6, 2)}M @ {sig(c)}" for c, n in f["points"])
+        lines.append(f"| {obj} | {len(f['points'])} | {fixed(f['exponent'], 3)} "
+                     f"[{fixed(f['exponent_lo'], 3)}, {fixed(f['exponent_hi'], 3)}] | {pts} |")
+    return lines + [""]
+
+
+def _multiplier_lines(front: pd.DataFrame, fits: dict) -> list[str]:
+    m = compute_multiplier(front, fits)
+    if m.empty:
+        return []
+    lines = [f"Compute multiplier: the training FLOPs each objective needs, by its power law, to reach "
+             f"{m['reference'].iloc[0]}'s compute-optimal loss at each budget, over that budget (Nie et al. "
+             "report about 16x for MDLM at scale). 95% intervals by the delta method (the fit's and the "
+             "reference's uncertainty); an upper bound's multiplier is an upper bound too. `extrapolated`: "
+             "outside the budgets that objective was fitted on (within 3x); `far outside`: beyond, read "
+             "as an order of magnitude only.", "",
+             "| budget (FLOPs) | objective | reference bits/byte | FLOPs needed | "
+             "multiplier [95% CI] | how |",
+             "|---:|---|---:|---:|---|---|"]
+    for _, r in m.sort_values(["budget", "objective"]).iterrows():
+        lines.append(f"| {sig(r['budget'])} | {r['objective']} | {fixed(r['ref_bpb'])} | "
+                     f"{sig(r['flops_needed'])} | {sig(r['multiplier'], 3)} "
+                     f"[{sig(r['multiplier_lo'], 3)}, {sig(r['multiplier_hi'], 3)}] | {r['how']} |")
     return lines + [""]
 
 

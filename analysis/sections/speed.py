@@ -18,7 +18,7 @@ from analysis.context import Context
 from analysis.formatting import fixed
 from analysis.gen_summary import format_summary, summarize
 from analysis.load import find_bench_gen, read_jsonl
-from analysis.sections import gap
+from analysis.sections import gap, hardware
 
 HEADING = "## Samples and generation speed (`python -m sandbox.bench gen`)"
 
@@ -128,7 +128,9 @@ def section(ctx: Context) -> str:
         text = format_summary(summarize(rows, refs), rows, bench["skipped"], refs,
                               list(meta.get("random_weights") or []))
         parts += ["```", text.strip(), "```", ""]
+        bench["where"] = f"measured on {meta.get('backend')} {meta.get('device')}"
         parts += _figures(bench, ctx.out)
+        parts += hardware.section_lines(bench, ctx.out)
         parts += ["#### Samples", ""] + _sample_table(bench) + [""]
         parts += ["#### Every point", ""] + _speed_table(rows) + [""]
         if bench["skipped"]:

@@ -33,6 +33,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import jax.numpy as jnp
+
 from analysis.gen_summary import format_summary, quality_figure, summarize
 from sandbox.bench.gen_plan import (
     DEFAULTS,
@@ -45,6 +47,7 @@ from sandbox.bench.gen_plan import (
 )
 from sandbox.bench.gen_quality import collect, quality_pass, reference_rows
 from sandbox.bench.gen_time import FWD_LOOP, Forwards, predict_nfe, time_point
+from sandbox.bench.peak import measure_bandwidth, measure_matmul_peak
 from sandbox.bench.results import Results, csv_list, float_list, format_table, int_list, loadavg, log
 from sandbox.core.errors import UserError
 from sandbox.core.mesh import describe_devices, device_info
@@ -238,6 +241,7 @@ def run(args) -> dict:
     if blocks_dropped:
         log(f"  block sizes {blocks_dropped} are not below the generated length "
             f"{o.length - o.prompt_len}: dropped")
+    res.add(probe(subjects))
     groups: dict = {}  # --quality: samples pooled per distribution while timing
     rows, skipped, by_point = _time_points(points, subjects, o, res, groups)
     refs = {}
@@ -264,6 +268,19 @@ def run(args) -> dict:
                                         "points": len(rows), "load_after": loadavg()})
     print(f"\nload average (1 min): {loadavg()}; results: {res.path}")
     return {"dir": str(res.dir), "rows": rows, "skipped": skipped, "summary": summary}
+
+
+def probe(subjects: dict) -> dict:
+    """The ``probe`` row: this device's matmul peak and, per subject, the bandwidth of streaming
+    a matrix the size of its weights; the measured figures of ``conf/hardware/cpu.yaml``."""
+    peak = measure_matmul_peak()
+    sizes = {f: int(s.model.n_params(non_embedding=False)) * int(jnp.dtype(s.model.dtype).itemsize)
+             for f, s in subjects.items()}
+    bw = {f: measure_bandwidth(n) for f, n in sizes.items()}
+    log(f"probe: matmul peak {peak:,.0f} GFLOP/s; weight streaming "
+        + ", ".join(f"{f} {b:,.1f} GB/s ({sizes[f] / 2**20:,.1f} MiB)" for f, b in bw.items()))
+    return {"kind": "probe", "peak_gflops": peak, "bandwidth_gbs": bw, "weight_bytes": sizes,
+            "load": loadavg()}
 
 
 def _time_points(points, subjects, o, res: Results, groups: dict):

@@ -30,6 +30,7 @@ from flax import nnx
 
 from sandbox.bench.gen_plan import Point, Subject, describe_settings
 from sandbox.bench.results import loadavg
+from sandbox.core.flops import call_work, forward_work
 from sandbox.core.mesh import device_info
 from sandbox.samplers import compile_sampler
 
@@ -159,6 +160,10 @@ def time_point(p: Point, subj: Subject, fwd: Forwards, o, idx: int) -> tuple[dic
         i += 1
         if len(lat) >= o.repeats or sum(lat) >= o.max_seconds:
             break
+    # a one-token bare forward of the same batch: with the full one, the range of work the
+    # roofline model's CPU calibration spans (analysis.roofline.calibrate), from a decoding
+    # step's to a whole canvas's
+    one_single, one_loop = fwd.time(p.family, p.batch, 1, max(1, o.fwd_repeats))
     latency = statistics.median(lat)
     nfe = float(np.mean(nfes))
     forward_s = statistics.median(fwd_times)
@@ -166,6 +171,7 @@ def time_point(p: Point, subj: Subject, fwd: Forwards, o, idx: int) -> tuple[dic
     per_nfe = statistics.median(t / max(n, 1) for t, n in zip(lat, nfes))
     gen = p.generated
     dev = device_info()
+    computed = float(np.mean(recs)) if recs else None
     row = {"kind": "gen", "point": idx, "sweeps": list(p.sweeps), "family": p.family,
            "objective": subj.objective, "model": subj.model_name, "model_source": subj.source,
            "model_step": subj.step, "sampler": p.sampler.name, "label": p.kind,
@@ -185,5 +191,12 @@ def time_point(p: Point, subj: Subject, fwd: Forwards, o, idx: int) -> tuple[dic
            "forward_compile_s": fwd.compile_s.get((p.family, p.batch, seq)), "warmup_calls": o.warmup,
            "timed_calls": len(lat), "quality": None, "load_before": load0, "load_after": loadavg(),
            "backend": dev["backend"], "device": dev["device"],
-           "dtype": str(jnp.dtype(subj.model.dtype))}
+           "dtype": str(jnp.dtype(subj.model.dtype)),
+           "work": call_work(p.sampler, subj.model, p.batch, p.length, p.prompt_len, nfe, computed),
+           "forward_work": {k: v for k, v in forward_work(subj.model, p.batch, seq, seq).items()
+                            if k in ("flops", "bytes")},
+           "forward1_s": statistics.median(one_single), "forward1_loop_s": statistics.median(one_loop),
+           "forward1_work": {k: v for k, v in forward_work(subj.model, p.batch, 1, 1).items()
+                             if k in ("flops", "bytes")}}
     return row, (compiled, prompt, base, i), outs
+

@@ -153,8 +153,24 @@ def init_sharded_state(params, tx, layout: Layout):
 
 
 def resolve_steps(cfg, flops_per_token: float) -> int:
-    """train.steps, or the steps that spend train.flop_budget at this model's FLOPs/token."""
+    """train.steps; or the steps that spend train.flop_budget at this model's FLOPs/token; or the
+    steps that read train.unique_tokens train.epochs times (the data-repetition study: epochs, not
+    steps, are the variable, so two unique-data sizes share one sweep)."""
     t = cfg.train
+    if t.get("epochs") is not None:
+        if t.get("flop_budget"):
+            raise UserError("train.epochs and train.flop_budget both set: pick one (set the other to null)")
+        if t.get("unique_tokens") is None:
+            raise UserError("train.epochs needs train.unique_tokens (the data an epoch reads); set it, "
+                            "or give train.steps instead")
+        try:
+            epochs = float(t.epochs)
+        except (TypeError, ValueError):
+            raise UserError(f"train.epochs={t.epochs!r} must be a number") from None
+        if not epochs > 0:
+            raise UserError(f"train.epochs={t.epochs} must be positive")
+        unique = require_int(t, "unique_tokens", "train.unique_tokens", minimum=1)
+        return max(1, round(epochs * unique / (t.batch_size * t.seq_len)))
     if t.get("flop_budget"):
         budget = float(t.flop_budget)
         if budget <= 0:

@@ -79,6 +79,12 @@ class BD3LMSampler(Sampler):
         out["inner"] = {"name": self.inner.name, **self.inner.settings()}
         return out
 
+    def forward_plan(self, batch, length, prompt_len, nfe, computed=None):
+        """``nfe`` calls (denoising steps and commits) of one block each, against the keys and
+        values of the blocks before it: on average half the output plus the block itself."""
+        bs = float(self.block_size)
+        return [(float(nfe), batch, bs, bs + float(length) / 2)] if nfe else []
+
     def generate(self, model, key, prompt, length: int):
         if not hasattr(model, "decode_block"):
             raise UserError(f"sampler=bd3lm needs a backbone with decode_block; model "

@@ -299,6 +299,17 @@ class MaskedDiffusionSampler(Sampler):
         z, nfe, recomputed = self.infill_cost(model, key, z, p)
         return (self.pad_after_eos(z, p) if self.stop_at_eos else z), nfe, recomputed
 
+    def forward_plan(self, batch, length, prompt_len, nfe, computed=None):
+        """``nfe`` passes over the whole canvas, or, where the call counted the positions it
+        computed (``infill_cost``: a block cache recomputes part of the canvas, a prompt cache
+        leaves the prompt out), ``nfe`` passes of ``computed / nfe`` positions each, every one
+        attending to the whole canvas (the cache read)."""
+        nfe = float(nfe)
+        if not nfe:
+            return []
+        q = float(length) if computed is None else float(computed) / nfe
+        return [(nfe, batch, q, float(length))]
+
     def pad_after_eos(self, z, start: int):
         return pad_after_eos(z, start, self.eos_id, self.mask_id)
 

@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from sandbox.core.cli import CONF_DIR, instantiate, require_int
 from sandbox.core.errors import UserError
+from sandbox.core.flops import call_work
 from sandbox.core.mesh import backend
 from sandbox.core.runfiles import append_jsonl, atomic_write_text
 from sandbox.core.runs import LoadedRun, load_run
@@ -185,12 +186,13 @@ def canvas(src, item, variant: str, mask_id: int) -> np.ndarray | None:
 
 
 def compile_fn(run: LoadedRun, sampler, prompt_len: int, length: int):
-    """jit(params, key, x[1, L or P]) -> (tokens[1, L], nfe): AR reads the prompt, a diffusion
-    sampler reads the whole initial canvas (``infill`` from ``prompt_len``)."""
+    """jit(params, key, x[1, L or P]) -> (tokens[1, L], nfe[, computed]): AR reads the prompt, a
+    diffusion sampler reads the whole initial canvas (``infill_cost`` from ``prompt_len``: it also
+    counts the token positions its forwards computed)."""
     graphdef = run.graphdef
     if sampler.family == "mdm":
-        def fn(params, key, z):
-            return sampler.infill(nnx.merge(graphdef, params), key, z, prompt_len)
+        def fn(params, key, z):  # (tokens, nfe, positions computed): the last for the roofline model
+            return sampler.infill_cost(nnx.merge(graphdef, params), key, z, prompt_len)
     else:
         def fn(params, key, prompt):
             return sampler.generate(nnx.merge(graphdef, params), key, prompt, length)
@@ -219,9 +221,12 @@ def make_decoder(run: LoadedRun, sampler, variant: str):
             state["compiled"] = fn.lower(run.params, key, x).compile()
             state["compile_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        tokens, nfe = jax.block_until_ready(state["compiled"](run.params, key, x))
+        tokens, nfe, *computed = jax.block_until_ready(state["compiled"](run.params, key, x))
         dt = time.perf_counter() - t0
+        state["computed"] = float(computed[0]) if computed else None
         return src.decode_target(np.asarray(tokens)[0, src.prompt_len:]), int(nfe), dt
+
+    decode.computed = lambda: state.get("computed")  # positions the last call computed (diffusion)
 
     return decode, lambda: state["compile_s"]
 
@@ -242,9 +247,13 @@ def run_variant(run: LoadedRun, sampler, items, variant: str, seed: int, progres
         s = score(it.before, it.after, out, fmt)
         preds.append({"id": it.id, "output": out, "exact": s["exact"], "nfe": nfe, "latency_s": dt})
         scores.append(s)
+        computed = decode.computed() if hasattr(decode, "computed") else None
         lat.append({"id": it.id, "edit_kind": it.kind, "diff_tokens": it.changed_tokens(),
                     "function_bytes": len(it.before.encode()), "latency_s": dt, "nfe": nfe,
-                    "exact": bool(s["exact"]), "bin": it.diff_bin})
+                    "exact": bool(s["exact"]), "bin": it.diff_bin,
+                    "work": call_work(sampler, run.model, 1, run.data.seq_len, run.data.prompt_len, nfe,
+                                      computed),
+                    "dtype": str(jnp.dtype(run.model.dtype))})
     return {"preds": preds, "scores": scores, "lat": lat, "compile_s": compile_s()}
 
 
