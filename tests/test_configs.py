@@ -133,7 +133,9 @@ def test_config_composes_and_instantiates(group, option):
         tok = ByteTokenizer()
         obj = built["objective"].bind(tok)
         assert obj.name == cfg.objective.name
-        model = _instantiate(compose(), "model")  # the default backbone serves every objective
+        # the experiment's own backbone where it sets one (a hybrid needs its logit shift), else
+        # the default backbone, which serves every objective
+        model = built["model"] if "model" in built else _instantiate(compose(), "model")
         obj.check(model, tok)
     if "model" in built:
         model = built["model"]

@@ -23,6 +23,7 @@ from sandbox.core.mesh import build_layout
 from sandbox.core.optim import make_optimizer
 from sandbox.core.step import make_train_step
 from sandbox.data import ByteTokenizer
+from sandbox.models.logits import suppress
 from sandbox.models.transformer import Transformer
 from sandbox.objectives import AR, MDLM
 
@@ -394,3 +395,36 @@ def test_logit_shift_is_refused_by_objectives_that_read_logits_in_their_own_layo
         AR().bind(tok).check(model, tok)
     assert "\n" not in str(e.value)
     MDLM().bind(tok).check(model, tok)  # masked diffusion reads one logit per position: allowed
+
+
+def test_the_hybrid_adds_the_clean_next_token_loss_of_the_same_weights():
+    """objective.ar_weight: the loss is the NELBO plus ar_weight x the next-token loss of the
+    clean sequence through the causal shifted denoiser (the same draw of masks and times), and
+    the settings it cannot work with are one-line refusals."""
+    tok = ByteTokenizer()
+    model = Transformer(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_len=32,
+                        logit_shift=True, rngs=nnx.Rngs(0))
+    x = jax.random.randint(jax.random.PRNGKey(1), (3, 12), 0, 256)
+    cond = jnp.arange(12)[None, :].repeat(3, 0) < 4                  # a 4-token prompt
+    key = jax.random.PRNGKey(2)
+    plain = MDLM(mask_kind="causal").bind(tok)
+    hybrid = MDLM(mask_kind="causal", ar_weight=0.5).bind(tok)
+    hybrid.check(model, tok)
+    assert hybrid.label == "mdlm(causal,ar=0.5)"
+    base, _ = plain.loss(model, x, key, cond=cond)
+    total, metrics = hybrid.loss(model, x, key, cond=cond)
+    logits = suppress(model(x, mask_kind="causal"), (tok.mask_id,))
+    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), x[..., None], -1)[..., 0]
+    ar = jnp.mean(jnp.sum(jnp.where(cond, 0.0, ce), -1) / 8)
+    assert float(metrics["ar_nll"]) == pytest.approx(float(ar), rel=1e-5)
+    assert float(metrics["nelbo"]) == pytest.approx(float(base), rel=1e-6)
+    assert float(total) == pytest.approx(float(base) + 0.5 * float(ar), rel=1e-5)
+    unshifted = Transformer(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_len=32,
+                            rngs=nnx.Rngs(0))
+    with pytest.raises(UserError, match="model.logit_shift"):
+        hybrid.check(unshifted, tok)
+    for kw, field in [({"ar_weight": 0.5}, "mask_kind=causal"), ({"mask_kind": "causal", "ar_weight": -1},
+                                                                  "ar_weight=-1")]:
+        with pytest.raises(UserError, match=field) as e:
+            MDLM(**kw)
+        assert "\n" not in str(e.value)
