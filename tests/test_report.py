@@ -363,6 +363,15 @@ def test_report_on_the_fixture_writes_every_figure_and_is_idempotent(fixture_rep
     assert "gen-20260102-000000` (complete)" in md and "1 older benchmark folder" in md
     assert "gen-perplexity under the in-sandbox judge" in md  # quality axis = gen_ppl without judge_bpb
     assert "(a) time per model call" in md and "(c) mdm_threshold against AR" in md
+    # a benchmark from before the work per forward was recorded: the roofline part says so, guesses nothing
+    assert "#### Both worlds" in md and "12 point(s) skipped by the roofline model" in md
+    assert "No point records the work per forward" in md and "h200 (roofline)" not in md
+    # the scaling grid: every fixture optimum sits at the grid's edge (two sizes), so no size law;
+    # the compute multiplier comes from the diffusion fits
+    scaling = _section(md, "## IsoFLOP")
+    assert "| edge (2 sizes) |" in scaling and "| interior |" not in scaling
+    assert "No fit of the optimal size against compute" in scaling
+    assert "| 1e+11 | mdlm | 3.523 | 2.03e+11 | 2.02 [1.84, 2.22] | interpolated |" in scaling
     assert "| noeval_mdlm |" not in _section(md, "## Held-out bits per byte\n")  # no eval yet: not in it
     assert "| half_mdlm |" in _section(md, "## Held-out bits per byte\n")
     # sample-quality table from eval_quality.jsonl: samples next to real text

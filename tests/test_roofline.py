@@ -226,3 +226,26 @@ def test_code_edit_latency_is_projected_per_edit_from_its_recorded_forwards(tmp_
     ratio = 8 * pass_time(h, 2e10, 6e8, 30) / (40 * pass_time(h, 2e8, 5e8, 30))
     assert f"({ratio:.2f}x)" in md and "1 latency rows without recorded work" in md
     assert files == ["edits_latency_both_worlds.png"] and (tmp_path / files[0]).is_file()
+
+
+def test_the_command_line_prints_every_point_and_fits_a_gpu_file(tmp_path, capsys):
+    import json
+    import subprocess
+    import sys
+
+    d = tmp_path / "bench" / "gen-20260101-000000"
+    d.mkdir(parents=True)
+    rows = _synthetic_rows(0.3, 2e-3)
+    for r in rows:
+        r.update(settings_text="", length=64)
+    meta = {"kind": "meta", "bench": "gen", "backend": "cpu", "device": "cpu"}
+    (d / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in [meta, PROBE, *rows]))
+    roofline.main([str(tmp_path / "bench")])
+    out = capsys.readouterr().out
+    assert "cpu: 4 points, median error 1%" in out and "100% within +-30%" in out   # the fit's grid step
+    roofline.main([str(tmp_path / "bench"), "hardware=h200", "calibrate=true"])
+    out = capsys.readouterr().out
+    assert "compute_efficiency:" in out and "overhead_forward_s:" in out and "h200: 4 points" in out
+    bad = subprocess.run([sys.executable, "-m", "analysis.roofline", str(tmp_path / "bench"),
+                          "hardware=a100"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "available: cpu" in bad.stderr

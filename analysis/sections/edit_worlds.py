@@ -38,6 +38,10 @@ def project(lat: pd.DataFrame, name: str) -> pd.Series:
     return pd.Series(out, index=lat.index, dtype=float)
 
 
+def _name(hardware: str) -> str:
+    return roofline.load_hardware(hardware).label.replace(" (projected)", "")
+
+
 def _medians(lat: pd.DataFrame, col: str, bins: list[str]) -> dict[str, list[float]]:
     out = {}
     for series, g in lat.groupby("series", sort=True):
@@ -58,7 +62,7 @@ def section_lines(lat: pd.DataFrame, bins: list[str], out: Path, style) -> tuple
     for name in PROJECTED:
         lat[f"latency_{name}"] = project(lat, name)
     cols = [("latency_s", "measured here")]
-    cols += [(f"latency_{n}", f"projected {roofline.load_hardware(n).label}") for n in PROJECTED]
+    cols += [(f"latency_{n}", f"projected on {_name(n)}") for n in PROJECTED]
     xs = np.arange(len(bins))
     fig, axes = plt.subplots(1, len(cols), figsize=(6 * len(cols), 4.5), squeeze=False)
     objective = lat.groupby("series")["objective"].first()
@@ -74,7 +78,7 @@ def section_lines(lat: pd.DataFrame, bins: list[str], out: Path, style) -> tuple
     files = [save_figure(fig, out, "edits_latency_both_worlds.png")]
     skipped = int((~has).sum())
     lines = ["", "Code-edit latency in both worlds: median ms per edit by diff size, measured here and "
-             "projected on " + ", ".join(roofline.load_hardware(n).label for n in PROJECTED) + " by the "
+             "projected on " + ", ".join(_name(n) for n in PROJECTED) + " by the "
              "roofline model from each edit's recorded forwards (`analysis/roofline.py`; the ratio is to the "
              "fastest exact-likelihood series in the bin, < 1: faster)."
              + (f" {skipped} latency rows without recorded work are left out." if skipped else ""), "",
@@ -92,5 +96,5 @@ def section_lines(lat: pd.DataFrame, bins: list[str], out: Path, style) -> tuple
                 else:
                     ratio = f" ({v / r:.2f}x)" if r == r and series not in exact else ""
                     cells.append(f"{1e3 * v:,.1f}{ratio}")
-            lines.append(f"| {series} | {title.replace('projected ', '')} | " + " | ".join(cells) + " |")
+            lines.append(f"| {series} | {title} | " + " | ".join(cells) + " |")
     return lines + [""], files
