@@ -36,7 +36,10 @@ def _validation(bench: dict, rows: list[dict]) -> list[str]:
     if name is None:
         return [f"_Roofline validation: no `conf/hardware/*.yaml` describes "
                 f"{bench['meta'].get('device')}._", ""]
-    v = roofline.validate(rows, bench.get("probe"), name)
+    try:
+        v = roofline.validate(rows, bench.get("probe"), name)
+    except ReportError as e:  # e.g. a measured CPU without its probe row: said, not guessed
+        return [f"_Roofline validation: {e}._", ""]
     if not v["n"]:
         return ["_Roofline validation: no point records the work the model needs._", ""]
     hw = v["hardware"]

@@ -128,7 +128,7 @@ def section(ctx: Context) -> str:
         text = format_summary(summarize(rows, refs), rows, bench["skipped"], refs,
                               list(meta.get("random_weights") or []))
         parts += ["```", text.strip(), "```", ""]
-        bench["where"] = f"measured on {meta.get('backend')} {meta.get('device')}"
+        bench["where"] = f"measured here ({meta.get('device') or meta.get('backend')})"
         parts += _figures(bench, ctx.out)
         parts += hardware.section_lines(bench, ctx.out)
         parts += ["#### Samples", ""] + _sample_table(bench) + [""]
