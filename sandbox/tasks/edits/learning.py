@@ -105,7 +105,7 @@ class ExactMatchEval:
                 t0 = time.perf_counter()
                 self.compiled = self.fn.lower(params, key, x).compile(COMPILER_OPTIONS)
                 compile_s = time.perf_counter() - t0
-            tokens, nfe = self.compiled(params, key, x)
+            tokens, nfe, *_ = self.compiled(params, key, x)  # diffusion also returns positions computed
             outs.append(np.asarray(tokens)[:, self.src.prompt_len:])
             nfes.append(int(nfe))
         canvases = np.concatenate(outs)[:len(self.items)]
