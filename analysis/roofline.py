@@ -213,15 +213,16 @@ def hardware_of(name: str, rows: list[dict], probe: dict | None):
 
 
 # --- validation and the crossover -------------------------------------------------------------
-def validate(rows: list[dict], probe: dict | None, name: str = "cpu") -> dict:
+def validate(rows: list[dict], probe: dict | None, name: str = "cpu", force: bool = False) -> dict:
     """Predicted against measured latency for every usable row. Returns ``{rows: [(row,
     predicted, ratio)], median_abs_err, p80_abs_err, within, n, hardware}`` (``within``: the
-    share with |predicted / measured - 1| <= TOLERANCE)."""
+    share with |predicted / measured - 1| <= TOLERANCE). ``force``: calibrate any hardware on
+    the rows' bare forwards (:func:`calibrate`)."""
     rows = usable(rows)
     hw = load_hardware(name)
     out = []
     if rows:
-        hw = calibrate(hw, rows, probe)
+        hw = calibrate(hw, rows, probe, force=force)
         for r in rows:
             pred = predict(r, for_point(hw, probe, r["family"]))
             out.append((r, pred, pred / r["latency_s"]))
@@ -260,9 +261,7 @@ def step_times(rows: list[dict], hw_of) -> list[dict]:
         big = max(r["work"]["passes"], key=lambda p: p["count"])
         out.append({"row": r, "ar_row": ar_row, "t_forward": t_fwd, "t_ar_step": t_ar,
                     "breakeven": t_fwd / t_ar, "tokens_per_forward": r.get("tokens_per_forward"),
-                    "bound": bound_of(hw, big["flops"], big["bytes"], n, dtype),
-                    "ar_bound": bound_of(hw_of(ar_row), step["flops"], step["bytes"],
-                                         ar_row["work"]["n_layers"], dtype)})
+                    "bound": bound_of(hw, big["flops"], big["bytes"], n, dtype)})
     return out
 
 
@@ -307,32 +306,29 @@ def main(argv: list[str] | None = None) -> None:
     if name is None:
         raise ReportError(f"no conf/hardware file describes {bench['meta'].get('device')}; "
                           f"pass hardware=NAME (available: {', '.join(available())})")
-    rows = usable(bench["rows"], where=f"{bench['dir']}: ")
-    hw = load_hardware(name)
-    if opts.get("calibrate", "false").lower() in ("1", "true", "yes"):
-        hw = calibrate(hw, rows, bench.get("probe"), force=True)
+    fit = opts.get("calibrate", "false").lower() in ("1", "true", "yes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # skipped points are named once, below
+        v = validate(bench["rows"], bench.get("probe"), name, force=fit)
+    usable(bench["rows"], where=f"{bench['dir']}: ")
+    hw = v["hardware"]
+    if fit:
         print(f"# fitted on the bare forwards of {bench['dir']} ({name}):")
         print(f"compute_efficiency: {hw.compute_efficiency:.3f}\n"
               f"overhead_forward_s: {hw.overhead_forward_s:.3g}\noverhead_layer_s: 0.0")
-    else:
-        hw = calibrate(hw, rows, bench.get("probe"))
     print(f"\n{'point':>5} {'sampler':<20} {'settings':<28} {'B':>3} {'L':>5} {'measured ms':>12} "
           f"{'predicted ms':>13} {'ratio':>6}  bound")
-    errs = []
-    for r in rows:
+    for r, pred, ratio in v["rows"]:
         h = for_point(hw, bench.get("probe"), r["family"])
-        pred = predict(r, h)
         big = max(r["work"]["passes"], key=lambda p: p["count"])
-        errs.append(abs(pred / r["latency_s"] - 1))
         bound = bound_of(h, big["flops"], big["bytes"], r["work"]["n_layers"],
                          str(r.get("dtype") or "float32"))
         print(f"{r.get('point', ''):>5} {r['label']:<20} {str(r.get('settings_text', ''))[:28]:<28} "
               f"{r['batch']:>3} {r['length']:>5} {1e3 * r['latency_s']:>12,.2f} {1e3 * pred:>13,.2f} "
-              f"{pred / r['latency_s']:>6.2f}  {bound}")
-    if errs:
-        e = np.array(errs)
-        print(f"\n{name}: {len(e)} points, median error {100 * np.median(e):.0f}%, 80th percentile "
-              f"{100 * np.percentile(e, 80):.0f}%, {100 * (e <= TOLERANCE + 1e-12).mean():.0f}% within +-30%")
+              f"{ratio:>6.2f}  {bound}")
+    if v["n"]:
+        print(f"\n{name}: {v['n']} points, median error {100 * v['median_abs_err']:.0f}%, 80th percentile "
+              f"{100 * v['p80_abs_err']:.0f}%, {100 * v['within']:.0f}% within +-30%")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,14 @@ class Forwards:
         self.best[(family, batch, seq)] = statistics.median(out)
         return out, [per]
 
+    def one_token(self, family: str, batch: int, n: int) -> tuple[list[float], list[float]]:
+        """:meth:`time` of the one-token forward ``[batch, 1]``, measured once per (family, batch)
+        and reused by every later point (it is a calibration input, not a per-point figure)."""
+        k = (family, batch, "one")
+        if k not in self.fns:
+            self.fns[k] = self.time(family, batch, 1, n)
+        return self.fns[k]
+
     def estimate(self, family: str, batch: int, seq: int) -> float:
         k = (family, batch, seq)
         if k not in self.best:
@@ -163,7 +171,7 @@ def time_point(p: Point, subj: Subject, fwd: Forwards, o, idx: int) -> tuple[dic
     # a one-token bare forward of the same batch: with the full one, the range of work the
     # roofline model's CPU calibration spans (analysis.roofline.calibrate), from a decoding
     # step's to a whole canvas's
-    one_single, one_loop = fwd.time(p.family, p.batch, 1, max(1, o.fwd_repeats))
+    one_single, one_loop = fwd.one_token(p.family, p.batch, max(1, o.fwd_repeats))
     latency = statistics.median(lat)
     nfe = float(np.mean(nfes))
     forward_s = statistics.median(fwd_times)

@@ -25,22 +25,26 @@ def check_gflops(gflops: float) -> float:
     return gflops
 
 
+def _timer(f, args, warmup: int):
+    """``time_one() -> seconds`` of one blocking call of the compiled ``f(*args)``, warmed up."""
+    for _ in range(max(1, warmup)):
+        f(*args).block_until_ready()
+
+    def time_one() -> float:
+        t0 = time.perf_counter()
+        f(*args).block_until_ready()
+        return time.perf_counter() - t0
+
+    return time_one
+
+
 def matmul_timer(n: int = 2048, dtype: str = "float32", warmup: int = 2):
     """A compiled, warmed-up ``[n, n] @ [n, n]``: returns ``(time_one() -> seconds, flops)``."""
     dt = jnp.dtype(dtype)
     ka, kb = jax.random.split(jax.random.PRNGKey(0))
     a = jax.random.normal(ka, (n, n), jnp.float32).astype(dt)
     b = jax.random.normal(kb, (n, n), jnp.float32).astype(dt)
-    f = jax.jit(jnp.matmul)
-    for _ in range(max(1, warmup)):
-        f(a, b).block_until_ready()
-
-    def time_one() -> float:
-        t0 = time.perf_counter()
-        f(a, b).block_until_ready()
-        return time.perf_counter() - t0
-
-    return time_one, 2.0 * n**3
+    return _timer(jax.jit(jnp.matmul), (a, b), warmup), 2.0 * n**3
 
 
 def measure_matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 10, warmup: int = 2) -> float:
@@ -59,17 +63,9 @@ def measure_bandwidth(nbytes: int, repeats: int = 9, warmup: int = 2) -> float:
     model's own size decides which cache level serves it."""
     cols = 1024
     rows = max(1, int(nbytes) // (4 * cols))
-    w = jnp.ones((cols, rows), jnp.float32)
-    v = jnp.ones((1, cols), jnp.float32)
-    f = jax.jit(jnp.matmul)
-    for _ in range(max(1, warmup)):
-        f(v, w).block_until_ready()
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        f(v, w).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    gbs = 4.0 * cols * rows / statistics.median(times) / 1e9
+    args = (jnp.ones((1, cols), jnp.float32), jnp.ones((cols, rows), jnp.float32))
+    time_one = _timer(jax.jit(jnp.matmul), args, warmup)
+    gbs = 4.0 * cols * rows / statistics.median(time_one() for _ in range(max(1, repeats))) / 1e9
     if not (gbs > 0 and math.isfinite(gbs)):
         raise RuntimeError(f"bandwidth measured as {gbs} GB/s")
     return gbs
