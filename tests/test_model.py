@@ -176,3 +176,25 @@ def test_logit_shift_reads_each_position_from_the_one_before():
     y = x.at[:, 5].set((x[:, 5] + 1) % V)
     diff = np.abs(np.asarray(forward(shifted, y, "causal")) - np.asarray(forward(shifted, x, "causal")))
     assert diff[:, :6].max() == 0 and diff[:, 6:].max() > 0
+
+
+def test_rope_is_the_rotate_half_rotation():
+    """The rolled form with signed full-width tables is RoPE's rotate-half definition
+    ``[x1 cos - x2 sin, x2 cos + x1 sin]`` (Su et al. 2021) and a rotation (norms kept)."""
+    from sandbox.models.transformer import rope, rope_tables
+
+    b, l, h, d = 2, 9, 3, 8
+    x = jax.random.normal(jax.random.key(3), (b, l, h, d))
+    pos = jnp.broadcast_to(jnp.arange(l) + 5, (b, l))
+    cos, sin = rope_tables(pos, d, 10000.0)
+    assert cos.shape == sin.shape == (b, l, 1, d)
+    inv = 1.0 / (10000.0 ** (np.arange(0, d, 2) / d))
+    ang = np.asarray(pos)[..., None, None] * inv  # [B, L, 1, D/2]
+    x1, x2 = np.split(np.asarray(x, np.float64), 2, axis=-1)
+    want = np.concatenate([x1 * np.cos(ang) - x2 * np.sin(ang), x2 * np.cos(ang) + x1 * np.sin(ang)], -1)
+    got = np.asarray(rope(x, (cos, sin)))
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=-1), np.linalg.norm(np.asarray(x), axis=-1), rtol=1e-5)
+    # position 0 is the identity
+    c0, s0 = rope_tables(jnp.zeros((1, 1), jnp.int32), d, 10000.0)
+    np.testing.assert_array_equal(np.asarray(rope(x[:1, :1], (c0, s0))), np.asarray(x[:1, :1]))

@@ -107,17 +107,26 @@ class RMSNorm(nnx.Module):
 
 
 def rope_tables(positions, head_dim: int, base: float):
-    """(cos, sin) [B, L, 1, Dh/2] for rotary embeddings; computed once per forward pass."""
+    """(cos, sin) [B, L, 1, Dh] for rotary embeddings, full width: ``cos`` repeats the Dh/2
+    frequencies' cosines over both halves, ``sin`` carries the rotate-half sign (``-sin`` on
+    the first half, ``+sin`` on the second). Computed once per forward pass."""
     inv = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     ang = positions[..., None].astype(jnp.float32) * inv  # [B, L, Dh/2]
-    return jnp.cos(ang)[:, :, None, :], jnp.sin(ang)[:, :, None, :]
+    cos, sin = jnp.cos(ang), jnp.sin(ang)
+    return (jnp.concatenate([cos, cos], -1)[:, :, None, :],
+            jnp.concatenate([-sin, sin], -1)[:, :, None, :])
 
 
 def rope(x, tables):
-    """Rotary embedding (Su et al. 2021), rotate-half form. x[B, L, H, Dh]."""
+    """Rotary embedding (Su et al. 2021), rotate-half form. x[B, L, H, Dh].
+
+    ``[x1 cos - x2 sin, x2 cos + x1 sin]`` written as ``x cos + roll(x, Dh/2) sin`` with the
+    signed full-width tables: one elementwise pass and no concatenation of the two halves,
+    which XLA:CPU fused poorly with the projections and the heads-major transposes (the
+    train step at the tiny shape ~4% faster; docs/design.md, "Training speed")."""
     cos, sin = tables
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+    xf = x.astype(jnp.float32)
+    return (xf * cos + jnp.roll(xf, xf.shape[-1] // 2, axis=-1) * sin).astype(x.dtype)
 
 
 class Rope:
