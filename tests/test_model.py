@@ -194,7 +194,8 @@ def test_rope_is_the_rotate_half_rotation():
     want = np.concatenate([x1 * np.cos(ang) - x2 * np.sin(ang), x2 * np.cos(ang) + x1 * np.sin(ang)], -1)
     got = np.asarray(rope(x, (cos, sin)))
     np.testing.assert_allclose(got, want, atol=2e-5)
-    np.testing.assert_allclose(np.linalg.norm(got, axis=-1), np.linalg.norm(np.asarray(x), axis=-1), rtol=1e-5)
+    norm = np.linalg.norm
+    np.testing.assert_allclose(norm(got, axis=-1), norm(np.asarray(x), axis=-1), rtol=1e-5)
     # position 0 is the identity
     c0, s0 = rope_tables(jnp.zeros((1, 1), jnp.int32), d, 10000.0)
     np.testing.assert_array_equal(np.asarray(rope(x[:1, :1], (c0, s0))), np.asarray(x[:1, :1]))
