@@ -12,7 +12,8 @@ Design choices:
 - **Finished only.** A run is finished when its last ``eval`` record is at the step count its
   ``meta`` line declares (``total_steps``); an unfinished run is listed and left out (resume it
   where its checkpoint is, then archive again). An archived run is replaced by a newer copy.
-- **What is kept.** ``config.yaml``, ``overrides.yaml``, ``git.json``, ``env.json`` and
+- **What is kept.** ``config.yaml``, ``overrides.yaml``, ``git.json``, ``env.json``, the
+  evaluations' result lines (``eval_*.jsonl``: code edits, sample quality) and
   ``metrics.jsonl`` with every non-training record (meta, compile, every eval) and at most
   ``max_train`` training records, evenly spaced, the last one always kept (a 14k-step run logs
   700; the report's curves need far fewer). The archive's meta line says how many were kept
@@ -35,7 +36,7 @@ from pathlib import Path
 from analysis.errors import ReportError, exit_on_report_error
 from analysis.load import find_runs, read_jsonl
 
-KEEP = ("config.yaml", "overrides.yaml", "git.json", "env.json")
+KEEP = ("config.yaml", "overrides.yaml", "git.json", "env.json", "eval_*.jsonl")  # globs
 
 
 def is_finished(records: list[dict]) -> bool:
@@ -87,9 +88,8 @@ def archive(src: str | Path, dest: str | Path, max_train: int = 200) -> dict:
         tmp = target.with_name(target.name + ".archive-tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for name in KEEP:
-            if (run / name).exists():
-                shutil.copy2(run / name, tmp / name)
+        for path in (p for pattern in KEEP for p in run.glob(pattern) if p.is_file()):
+            shutil.copy2(path, tmp / path.name)
         (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in thin(records, max_train)))
         if target.exists():
             shutil.rmtree(target)

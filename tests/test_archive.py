@@ -59,6 +59,8 @@ def test_archive_keeps_finished_runs_and_the_report_table_is_unchanged(tmp_path)
     assert not (dest / "ar_d32_1e11_s0" / "checkpoints").exists()
     config = "ar_d32_1e11_s0/config.yaml"
     assert (dest / config).read_text() == (src / config).read_text()
+    for results in ("ar_d64_1e12_s0/eval_edits.jsonl", "mdlm_d32_1e11_s0/eval_quality.jsonl"):
+        assert (dest / results).read_bytes() == (src / results).read_bytes()
     assert not list(dest.rglob("*.archive-tmp"))
     cols = ["objective", "step", "val_bpb", "flops", "cfg.model.d_model", "cfg.seed"]
 
