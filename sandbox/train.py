@@ -150,7 +150,7 @@ def _loop(cfg, run_dir: Path, b: Built, state, logger) -> dict:
         log.write(_meta(cfg, b, tpb_val))
     bar = tqdm(total=steps, initial=start, disable=not (t.progress and main), dynamic_ncols=True,
                desc=objective.label, mininterval=1.0)
-    acc, n_acc = 0.0, 0
+    acc, n_acc, terms = 0.0, 0, {}
     t_last, step_last = None, start
     stopped = None
 
@@ -170,6 +170,11 @@ def _loop(cfg, run_dir: Path, b: Built, state, logger) -> dict:
                 log.write({"kind": "compile", "step": step, "first_step_s": time.perf_counter() - t0})
                 t_last, step_last = time.perf_counter(), step
             acc, n_acc = acc + m["loss"], n_acc + 1
+            # an objective of several terms (a hybrid, edit_mdlm's locate) logs each one's mean over
+            # the window as loss_<name>, so the split of train_loss can be read afterwards
+            named = {k: v for k, v in m.items() if k not in ("loss", "grad_norm", "aux_loss")}
+            if len(named) > 1:
+                terms = {k: terms.get(k, 0.0) + v for k, v in named.items()}
             if step % t.log_every == 0 or step == steps:
                 loss = float(acc) / n_acc
                 if not math.isfinite(loss):
@@ -183,9 +188,10 @@ def _loop(cfg, run_dir: Path, b: Built, state, logger) -> dict:
                            "tokens": step * tokens_per_step, "flops": step * tokens_per_step * fpt,
                            # the backbone's unweighted auxiliary loss (MoE load balancing) at this
                            # step; train_loss already includes its weighted share
-                           **({"aux_loss": float(m["aux_loss"])} if "aux_loss" in m else {})})
+                           **({"aux_loss": float(m["aux_loss"])} if "aux_loss" in m else {}),
+                           **{f"loss_{k}": float(v) / n_acc for k, v in terms.items()}})
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}" if tps else "-", refresh=False)
-                acc, n_acc = 0.0, 0
+                acc, n_acc, terms = 0.0, 0, {}
             bar.update(1)
             if step % t.eval_every == 0 or step == steps:
                 last_eval = do_eval(step)

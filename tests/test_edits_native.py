@@ -3,6 +3,8 @@ the two canvases, the objective, the pairing checks and decoding a memorised set
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import compose
@@ -233,6 +235,13 @@ def test_a_model_that_memorised_edits_decodes_them_natively(denoiser, tmp_path, 
                  f"cache_dir={sandbox_cache}", *denoiser]), d)
     assert sorted(it.kind for it in items) == ["delete_stmt", "insert_stmt", "swap_op"]
     r = load_run(d)
+    # both terms of the loss are logged, and they add up to train_loss
+    trains = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    trains = [rec for rec in trains if rec["kind"] == "train"]
+    assert len(trains) == 5
+    w = r.objective.locate_weight
+    for rec in trains:
+        assert rec["loss_nelbo"] + w * rec["loss_locate"] == pytest.approx(rec["train_loss"], rel=1e-5)
     sampler = build_sampler(compose([f"run_dir={d}", "eval=edits"], config_name="evaluate"), r)
     out = run_variant(r, sampler, items, "native", seed=0, progress=False)
     assert [p["output"] for p in out["preds"]] == [it.after for it in items]

@@ -289,6 +289,19 @@ def test_an_moe_run_logs_its_auxiliary_loss(uninterrupted, sandbox_cache, tmp_pa
     assert all("aux_loss" not in r for r in records(uninterrupted["ar"], "train"))  # dense: none
 
 
+def test_an_objective_of_several_terms_logs_each_and_they_add_up(uninterrupted, sandbox_cache, tmp_path):
+    d = tmp_path / "hybrid"
+    run(tiny_cfg("mdlm", "objective.mask_kind=causal", "objective.ar_weight=0.5", "+model.logit_shift=true",
+                 cache=sandbox_cache), d)
+    train = records(d, "train")
+    assert len(train) == 6
+    for r in train:
+        assert r["loss_ar_nll"] > 0 and r["loss_nelbo"] > 0
+        assert r["loss_nelbo"] + 0.5 * r["loss_ar_nll"] == pytest.approx(r["train_loss"], rel=1e-5)
+    for obj in ("ar", "mdlm"):  # one term: train_loss says it all
+        assert not any(k.startswith("loss_") for r in records(uninterrupted[obj], "train") for k in r)
+
+
 def test_epochs_set_the_steps_that_read_the_unique_data_that_many_times():
     from omegaconf import OmegaConf
 
