@@ -150,7 +150,7 @@ def _loop(cfg, run_dir: Path, b: Built, state, logger) -> dict:
         log.write(_meta(cfg, b, tpb_val))
     bar = tqdm(total=steps, initial=start, disable=not (t.progress and main), dynamic_ncols=True,
                desc=objective.label, mininterval=1.0)
-    acc, n_acc, terms = 0.0, 0, {}
+    acc, n_acc = {}, 0  # window sums of the loss (and of its terms), read back when logging
     t_last, step_last = None, start
     stopped = None
 
@@ -169,14 +169,13 @@ def _loop(cfg, run_dir: Path, b: Built, state, logger) -> dict:
                 jax.block_until_ready(m["loss"])
                 log.write({"kind": "compile", "step": step, "first_step_s": time.perf_counter() - t0})
                 t_last, step_last = time.perf_counter(), step
-            acc, n_acc = acc + m["loss"], n_acc + 1
-            # an objective of several terms (a hybrid, edit_mdlm's locate) logs each one's mean over
-            # the window as loss_<name>, so the split of train_loss can be read afterwards
-            named = {k: v for k, v in m.items() if k not in ("loss", "grad_norm", "aux_loss")}
-            if len(named) > 1:
-                terms = {k: terms.get(k, 0.0) + v for k, v in named.items()}
+            # an objective of several terms (a hybrid, edit_mdlm's locate) also logs each one's window
+            # mean as loss_<name>, so the split of train_loss can be read afterwards
+            named = [k for k in m if k not in ("loss", "grad_norm", "aux_loss")]
+            acc = {k: acc.get(k, 0.0) + m[k] for k in ["loss", *(named if len(named) > 1 else [])]}
+            n_acc += 1
             if step % t.log_every == 0 or step == steps:
-                loss = float(acc) / n_acc
+                loss = float(acc["loss"]) / n_acc
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"train loss became {loss} at step {step}; lower optim.lr")
                 now = time.perf_counter()
@@ -189,9 +188,9 @@ def _loop(cfg, run_dir: Path, b: Built, state, logger) -> dict:
                            # the backbone's unweighted auxiliary loss (MoE load balancing) at this
                            # step; train_loss already includes its weighted share
                            **({"aux_loss": float(m["aux_loss"])} if "aux_loss" in m else {}),
-                           **{f"loss_{k}": float(v) / n_acc for k, v in terms.items()}})
+                           **{f"loss_{k}": float(v) / n_acc for k, v in acc.items() if k != "loss"}})
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}" if tps else "-", refresh=False)
-                acc, n_acc, terms = 0.0, 0, {}
+                acc, n_acc = {}, 0
             bar.update(1)
             if step % t.eval_every == 0 or step == steps:
                 last_eval = do_eval(step)
