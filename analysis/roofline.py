@@ -5,12 +5,26 @@ made (``work.passes``: ``count`` passes of ``batch`` rows computing ``q`` positi
 ``kv`` keys; the sampler's ``forward_plan``) with each pass's FLOPs and bytes moved (weights,
 keys/values, activations: ``sandbox.core.flops.forward_work``). On hardware ``h`` a pass takes
 
-    t = max(flops / (peak * compute_efficiency), bytes / (bandwidth * memory_efficiency))
-        + overhead_forward + n_layers * overhead_layer
+    t = max(flops / (peak * compute_efficiency) * (1 + rows_half / rows),
+            bytes / (bandwidth * memory_efficiency))
+        + overhead_forward + n_layers * overhead_layer + logits * draw_s_per_logit
 
 (Williams, Waterman & Patterson 2009, "Roofline"; plus a fixed cost per forward for launches
 and the sampling loop, which dominates a small model's decoding step on a GPU), and a call
-takes the sum over its passes. ``peak`` is the dtype's (``peak_flops.<dtype>``).
+takes the sum over its passes. ``peak`` is the dtype's (``peak_flops.<dtype>``). Two terms
+refine it where a CPU departs from a roofline, both measured rather than assumed:
+
+- **Matmuls of few rows** (``rows``: ``batch x q``, the row count of the pass's matmuls) reach
+  a fraction ``rows / (rows + rows_half)`` of the compute roof (Hockney & Jesshope's
+  half-performance length ``n_1/2``): on this CPU an ``[8, d]`` matmul ran at ~1/3 of the rate
+  of a ``[128, d]`` one. A one-row pass is exempt: XLA:CPU runs it as a matrix-vector product,
+  a separate kernel whose bound is the weight stream (the probe's bandwidth). ``rows_half``
+  is fitted with the efficiency on the bare forwards (``[B, L]`` and ``[B, 1]``: rows 1 to
+  4096); datasheet hardware sets it to 0 (a plain roofline) until a GPU calibration fits it.
+- **The sampler's draw** (``logits``: the logit values it draws from after the pass, ``batch x
+  drawn positions x vocabulary``) costs ``draw_s_per_logit`` each: the exact float64 Gumbel
+  draw over a whole canvas is ~10-15% of a tiny model's forward on this CPU (measured by the
+  probe with the samplers' own function), a few percent on an accelerator.
 
 **Hardware** is described in ``conf/hardware/<name>.yaml`` (datasheet peaks and bandwidths
 with their sources; efficiencies and per-kernel costs there are stated assumptions). The CPU
@@ -51,6 +65,8 @@ class Hardware:
     memory_efficiency: float = 1.0
     overhead_forward_s: float | None = 0.0
     overhead_layer_s: float = 0.0
+    rows_half: float | None = 0.0               # matmul rows at half the compute roof (0: none)
+    draw_s_per_logit: float | None = 0.0        # the sampler's exact draw, seconds per logit value
     measured: bool = False
     sources: tuple = ()
 
@@ -64,7 +80,8 @@ class Hardware:
         return float(p)
 
     def ready(self) -> bool:
-        return None not in (self.peak_flops, self.bandwidth, self.compute_efficiency, self.overhead_forward_s)
+        return None not in (self.peak_flops, self.bandwidth, self.compute_efficiency, self.overhead_forward_s,
+                            self.rows_half, self.draw_s_per_logit)
 
 
 def available() -> list[str]:
@@ -87,7 +104,7 @@ def load_hardware(name: str, directory: Path | None = None) -> Hardware:
                           f"known: {', '.join(sorted(fields))}")
     try:  # YAML 1.1 reads 3.35e12 (no dot before e, no sign) as a string: numbers are coerced here
         for k in ("bandwidth", "compute_efficiency", "memory_efficiency", "overhead_forward_s",
-                  "overhead_layer_s"):
+                  "overhead_layer_s", "rows_half", "draw_s_per_logit"):
             if raw.get(k) is not None:
                 raw[k] = float(raw[k])
         p = raw.get("peak_flops")
@@ -104,19 +121,39 @@ def load_hardware(name: str, directory: Path | None = None) -> Hardware:
 
 
 # --- the arithmetic ---------------------------------------------------------------------------
-def pass_time(hw: Hardware, flops: float, nbytes: float, n_layers: int, dtype: str = "float32") -> float:
-    """Seconds for one forward pass on ``hw`` (module doc)."""
-    compute = flops / (hw.peak(dtype) * hw.compute_efficiency)
-    memory = nbytes / (hw.bandwidth * hw.memory_efficiency)
-    return max(compute, memory) + hw.overhead_forward_s + n_layers * hw.overhead_layer_s
+def _terms(hw: Hardware, flops: float, nbytes: float, n_layers: int, dtype: str, rows: float | None,
+           logits: float) -> dict:
+    """The four costs of one pass (module doc): compute, memory, fixed overhead, sampling."""
+    few_rows = 1.0 + hw.rows_half / rows if rows is not None and rows > 1 and hw.rows_half else 1.0
+    return {"compute": flops / (hw.peak(dtype) * hw.compute_efficiency) * few_rows,
+            "memory": nbytes / (hw.bandwidth * hw.memory_efficiency),
+            "overhead": hw.overhead_forward_s + n_layers * hw.overhead_layer_s,
+            "sampling": float(logits) * (hw.draw_s_per_logit or 0.0)}
 
 
-def bound_of(hw: Hardware, flops: float, nbytes: float, n_layers: int, dtype: str = "float32") -> str:
-    """Which term sets a pass's time: ``compute``, ``memory`` or ``overhead``."""
-    terms = {"compute": flops / (hw.peak(dtype) * hw.compute_efficiency),
-             "memory": nbytes / (hw.bandwidth * hw.memory_efficiency),
-             "overhead": hw.overhead_forward_s + n_layers * hw.overhead_layer_s}
-    return max(terms, key=terms.get)
+def pass_time(hw: Hardware, flops: float, nbytes: float, n_layers: int, dtype: str = "float32",
+              rows: float | None = None, logits: float = 0.0) -> float:
+    """Seconds for one forward pass on ``hw`` (module doc): ``rows`` is the row count of its
+    matmuls (None or 1: no few-rows penalty), ``logits`` the logit values drawn from after it."""
+    t = _terms(hw, flops, nbytes, n_layers, dtype, rows, logits)
+    return max(t["compute"], t["memory"]) + t["overhead"] + t["sampling"]
+
+
+def bound_of(hw: Hardware, flops: float, nbytes: float, n_layers: int, dtype: str = "float32",
+             rows: float | None = None, logits: float = 0.0) -> str:
+    """Which term sets a pass's time: ``compute``, ``memory``, ``overhead`` or ``sampling``."""
+    t = _terms(hw, flops, nbytes, n_layers, dtype, rows, logits)
+    return max(t, key=t.get)
+
+
+def pass_args(p: dict) -> dict:
+    """A recorded pass's keyword arguments to :func:`pass_time` beyond FLOPs and bytes: its rows
+    (``rows``, else ``batch x q``; benchmarks before 2026-12-06 record no ``rows``) and the
+    logit values drawn after it (``logits``; absent in older benchmarks: no sampling cost)."""
+    rows = p.get("rows")
+    if rows is None and p.get("batch") is not None and p.get("q") is not None:
+        rows = float(p["batch"]) * float(p["q"])
+    return {"rows": rows, "logits": float(p.get("logits") or 0.0)}
 
 
 def missing_fields(row: dict) -> list[str]:
@@ -151,58 +188,86 @@ def predict(row: dict, hw: Hardware) -> float:
     """Predicted seconds for one call of a benchmark point on ``hw``."""
     w = row["work"]
     dtype = str(row.get("dtype") or "float32")
-    return sum(p["count"] * pass_time(hw, p["flops"], p["bytes"], w["n_layers"], dtype) for p in w["passes"])
+    return sum(p["count"] * pass_time(hw, p["flops"], p["bytes"], w["n_layers"], dtype, **pass_args(p))
+               for p in w["passes"])
 
 
 # --- the measured CPU -------------------------------------------------------------------------
 def for_point(hw: Hardware, probe: dict | None, family: str) -> Hardware:
-    """``hw`` with its measured peak and bandwidth filled in from a benchmark's ``probe`` row
-    (bandwidth: the one measured at that family's weight size). Non-measured hardware as is."""
+    """``hw`` with its measured peak, bandwidth (the one measured at that family's weight size)
+    and draw cost filled in from a benchmark's ``probe`` row. Non-measured hardware as is. A
+    probe without the draw cost (benchmarks before 2026-12-06) leaves sampling unmodelled, with
+    a warning."""
     if not hw.measured:
         return hw
     if not probe or family not in (probe.get("bandwidth_gbs") or {}):
         raise ReportError(f"hardware={hw.name} is measured, but this benchmark has no probe row for {family} "
                           "(rerun python -m sandbox.bench gen)")
+    draw = probe.get("draw_ns_per_logit")
+    if draw is None:
+        warnings.warn("the benchmark's probe row has no draw_ns_per_logit (benchmarked before the draw was "
+                      "measured): the sampler's draw is left out of the prediction", stacklevel=2)
     return dataclasses.replace(hw, peak_flops=float(probe["peak_gflops"]) * 1e9,
-                               bandwidth=float(probe["bandwidth_gbs"][family]) * 1e9)
+                               bandwidth=float(probe["bandwidth_gbs"][family]) * 1e9,
+                               draw_s_per_logit=1e-9 * float(draw or 0.0))
 
 
-def calibrate(hw: Hardware, rows: list[dict], probe: dict | None, force: bool = False) -> Hardware:
-    """Fill a measured hardware's (or, with ``force``, any hardware's: the GPU calibration of
-    ``scripts/gpu_check.sh``) ``compute_efficiency`` and ``overhead_forward_s`` by least
-    squares in log time over the rows' bare forwards (one per distinct shape and family, in-loop
-    times: the full forward ``forward_loop_s`` and the one-token forward ``forward1_loop_s``).
-    A grid over efficiency (0.02-1, log-spaced) and overhead
-    (0 and 1 us-100 ms, log-spaced): small, exact, and no optimiser to fail."""
-    if not (hw.measured or force):
-        return hw
-    if force and not hw.measured:
-        hw = dataclasses.replace(hw, overhead_layer_s=0.0)  # one fixed cost per forward, fitted
+def _bare_forwards(hw: Hardware, rows: list[dict], probe: dict | None) -> list[tuple]:
+    """``(compute s at the full roof, memory s, matmul rows, measured s)`` per distinct bare
+    forward of the rows (one per shape and family, in-loop times: the full forward
+    ``forward_loop_s`` over ``forward_shape`` and the one-token forward ``forward1_loop_s``)."""
     seen, obs = set(), []
     for r in rows:
         if "work" not in r:
             continue
         h = for_point(hw, probe, r["family"])
         shape = tuple(r.get("forward_shape") or ())
-        for fw, t, key in ((r.get("forward_work"), r.get("forward_loop_s") or r.get("forward_s"), shape),
-                           (r.get("forward1_work"), r.get("forward1_loop_s"), (r.get("batch"), 1))):
+        full_rows = float(np.prod(shape)) if len(shape) == 2 else None
+        for fw, t, key, m in ((r.get("forward_work"), r.get("forward_loop_s") or r.get("forward_s"), shape,
+                               full_rows),
+                              (r.get("forward1_work"), r.get("forward1_loop_s"), (r.get("batch"), 1),
+                               float(r.get("batch") or 1))):
             if not fw or not t or (r.get("family"), key) in seen:
                 continue
             seen.add((r.get("family"), key))
-            obs.append((fw["flops"] / h.peak(str(r.get("dtype") or "float32")), fw["bytes"] / h.bandwidth, t))
+            obs.append((fw["flops"] / h.peak(str(r.get("dtype") or "float32")), fw["bytes"] / h.bandwidth,
+                        m, t))
+    return obs
+
+
+def calibrate(hw: Hardware, rows: list[dict], probe: dict | None, force: bool = False) -> Hardware:
+    """Fill a measured hardware's (or, with ``force``, any hardware's: the GPU calibration of
+    ``scripts/gpu_check.sh``) ``compute_efficiency``, ``rows_half`` and ``overhead_forward_s``
+    by least squares in log time over the rows' bare forwards (:func:`_bare_forwards`; a bare
+    forward draws nothing, so the draw cost is not in them). A grid over efficiency (0.02-1,
+    log-spaced), half-performance rows (0 and 0.5-1024) and overhead (0 and 1 us-100 ms):
+    small, exact, and no optimiser to fail."""
+    if not (hw.measured or force):
+        return hw
+    if force and not hw.measured:
+        hw = dataclasses.replace(hw, overhead_layer_s=0.0)  # one fixed cost per forward, fitted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                     # a missing draw figure is said at prediction
+        obs = _bare_forwards(hw, rows, probe)
     if not obs:
         raise ReportError(f"hardware={hw.name}: no bare forwards with recorded work to calibrate on")
-    comp, mem, t = (np.array(x, dtype=np.float64) for x in zip(*obs))
-    effs = np.geomspace(0.02, 1.0, 200)
+    comp, mem, m, t = (np.array([np.nan if x is None else x for x in col], dtype=np.float64)
+                       for col in zip(*obs))
+    few = np.where(np.isfinite(m) & (m > 1), 1.0 / np.where(np.isfinite(m), m, 1.0), 0.0)
+    effs = np.geomspace(0.02, 1.0, 160)
+    halves = np.concatenate([[0.0], np.geomspace(0.5, 1024.0, 80)])
     overheads = np.concatenate([[0.0], np.geomspace(1e-6, 0.1, 200)])
-    best = (math.inf, None, None)
+    log_t = np.log(t)
+    best = (math.inf, None, None, None)
     for e in effs:
-        base = np.maximum(comp / e, mem / hw.memory_efficiency)
-        err = ((np.log(base[None, :] + overheads[:, None]) - np.log(t)[None, :]) ** 2).sum(axis=1)
-        i = int(np.argmin(err))
-        if err[i] < best[0]:
-            best = (float(err[i]), float(e), float(overheads[i]))
-    return dataclasses.replace(hw, compute_efficiency=best[1], overhead_forward_s=best[2])
+        # [halves, obs]: the pass time without its fixed cost, for every half-performance length
+        base = np.maximum(comp[None, :] / e * (1.0 + halves[:, None] * few[None, :]),
+                          mem[None, :] / hw.memory_efficiency)
+        err = ((np.log(base[:, None, :] + overheads[None, :, None]) - log_t) ** 2).sum(axis=2)
+        i, j = np.unravel_index(int(np.argmin(err)), err.shape)
+        if err[i, j] < best[0]:
+            best = (float(err[i, j]), float(e), float(halves[i]), float(overheads[j]))
+    return dataclasses.replace(hw, compute_efficiency=best[1], rows_half=best[2], overhead_forward_s=best[3])
 
 
 def hardware_of(name: str, rows: list[dict], probe: dict | None):
@@ -257,11 +322,12 @@ def step_times(rows: list[dict], hw_of) -> list[dict]:
         n = r["work"]["n_layers"]
         tot = sum(p["count"] for p in r["work"]["passes"])
         t_fwd = predict(r, hw) / tot
-        t_ar = pass_time(hw_of(ar_row), step["flops"], step["bytes"], ar_row["work"]["n_layers"], dtype)
+        t_ar = pass_time(hw_of(ar_row), step["flops"], step["bytes"], ar_row["work"]["n_layers"], dtype,
+                         **pass_args(step))
         big = max(r["work"]["passes"], key=lambda p: p["count"])
         out.append({"row": r, "ar_row": ar_row, "t_forward": t_fwd, "t_ar_step": t_ar,
                     "breakeven": t_fwd / t_ar, "tokens_per_forward": r.get("tokens_per_forward"),
-                    "bound": bound_of(hw, big["flops"], big["bytes"], n, dtype)})
+                    "bound": bound_of(hw, big["flops"], big["bytes"], n, dtype, **pass_args(big))})
     return out
 
 
@@ -314,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     hw = v["hardware"]
     if fit:
         print(f"# fitted on the bare forwards of {bench['dir']} ({name}):")
-        print(f"compute_efficiency: {hw.compute_efficiency:.3f}\n"
+        print(f"compute_efficiency: {hw.compute_efficiency:.3f}\nrows_half: {hw.rows_half:.3g}\n"
               f"overhead_forward_s: {hw.overhead_forward_s:.3g}\noverhead_layer_s: 0.0")
     print(f"\n{'point':>5} {'sampler':<20} {'settings':<28} {'B':>3} {'L':>5} {'measured ms':>12} "
           f"{'predicted ms':>13} {'ratio':>6}  bound")
@@ -322,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         h = for_point(hw, bench.get("probe"), r["family"])
         big = max(r["work"]["passes"], key=lambda p: p["count"])
         bound = bound_of(h, big["flops"], big["bytes"], r["work"]["n_layers"],
-                         str(r.get("dtype") or "float32"))
+                         str(r.get("dtype") or "float32"), **pass_args(big))
         print(f"{r.get('point', ''):>5} {r['label']:<20} {str(r.get('settings_text', ''))[:28]:<28} "
               f"{r['batch']:>3} {r['length']:>5} {1e3 * r['latency_s']:>12,.2f} {1e3 * pred:>13,.2f} "
               f"{ratio:>6.2f}  {bound}")

@@ -94,13 +94,20 @@ def test_rows_record_the_work_the_roofline_model_reads(result):
     bench = load_bench_gen(d)
     probe = bench["probe"]
     assert probe["peak_gflops"] > 0 and set(probe["bandwidth_gbs"]) == {"ar", "mdm"}
+    assert probe["draw_ns_per_logit"] > 0 and probe["draw_vocab"] > 0
     for row in bench["rows"]:
         w = row["work"]
         assert w["n_layers"] == 1 and all(p["flops"] > 0 and p["bytes"] > 0 for p in w["passes"])
         assert sum(p["count"] for p in w["passes"]) == pytest.approx(row["nfe"]), row["label"]
         if row["label"] == "ar":   # the prefill of BOS + prompt, then one-token steps
             assert w["passes"][0]["q"] == row["prompt_len"] + 1 and w["passes"][-1]["q"] == 1
+        if row["family"] == "ar":  # every AR forward (cached or not) draws one token per row
+            assert all(p["logits"] == p["batch"] * probe["draw_vocab"] for p in w["passes"])
+        else:                      # a draw at every computed position
+            assert all(p["logits"] == pytest.approx(p["rows"] * probe["draw_vocab"]) for p in w["passes"])
         assert row["forward1_loop_s"] > 0 and row["forward1_work"]["flops"] < row["forward_work"]["flops"]
+        # a short forward (well under 5 ms here) is timed in a longer loop, so the launch's share stays small
+        assert 4 < row["forward_loop_n"] <= 64 and 4 < row["forward1_loop_n"] <= 64
     v = roofline.validate(bench["rows"], probe, "cpu")
     assert v["n"] == len(bench["rows"]) and math.isfinite(v["median_abs_err"])
 

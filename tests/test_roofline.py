@@ -17,7 +17,7 @@ from analysis import roofline
 from analysis.errors import ReportError
 from analysis.roofline import Hardware, pass_time
 from analysis.sections import hardware as hw_section
-from sandbox.core.flops import forward_work, matmul_params
+from sandbox.core.flops import call_work, forward_work, matmul_params
 from sandbox.models.transformer import Transformer
 from sandbox.samplers.ar import ARSampler
 from sandbox.samplers.bd3lm import BD3LMSampler
@@ -52,6 +52,30 @@ def test_a_call_sums_its_passes():
     assert roofline.predict(row, HW) == pytest.approx(0.02012 + 10 * 0.02012)
 
 
+def test_a_matmul_of_few_rows_reaches_a_fraction_of_the_roof_and_one_row_is_a_matvec():
+    few = dataclasses.replace(HW, rows_half=24.0)
+    base = pass_time(HW, 1e10, 1e6, 2)                        # 20 ms of compute + 0.12 ms fixed
+    # 8 rows at n_1/2 = 24: 8 / (8 + 24) of the roof, so 4x the compute time
+    assert pass_time(few, 1e10, 1e6, 2, rows=8) == pytest.approx(4 * 0.02 + 1.2e-4)
+    assert pass_time(few, 1e10, 1e6, 2, rows=1) == pytest.approx(base)       # the matvec kernel
+    assert pass_time(few, 1e10, 1e6, 2, rows=None) == pytest.approx(base)    # rows unknown: no penalty
+    # a memory-bound pass stays memory-bound while its compute time is under the stream
+    assert pass_time(few, 1e6, 1e8, 2, rows=8) == pytest.approx(pass_time(HW, 1e6, 1e8, 2))
+
+
+def test_the_samplers_draw_costs_per_logit_value_and_can_bound_a_pass():
+    drawn = dataclasses.replace(HW, draw_s_per_logit=3e-8)
+    # 128 positions x 260 tokens at 30 ns: 1.0 ms on top of the pass
+    assert pass_time(drawn, 1e10, 1e6, 2, logits=128 * 260) == pytest.approx(0.02 + 1.2e-4 + 128 * 260 * 3e-8)
+    assert roofline.bound_of(drawn, 1e3, 1e3, 0, logits=1e6) == "sampling"
+    row = {"latency_s": 1.0, "dtype": "float32",
+           "work": {"n_layers": 2, "passes": [{"count": 3, "batch": 2, "q": 4, "flops": 1e10, "bytes": 1e6,
+                                               "logits": 2 * 4 * 260}]}}
+    assert roofline.predict(row, drawn) == pytest.approx(3 * (0.02 + 1.2e-4 + 2 * 4 * 260 * 3e-8))
+    few = dataclasses.replace(HW, rows_half=8.0)     # rows read from batch x q where not recorded
+    assert roofline.predict(row, few) == pytest.approx(3 * (0.02 * 2 + 1.2e-4))
+
+
 def test_a_dtype_without_a_peak_is_named():
     with pytest.raises(ReportError, match="no peak_flops for dtype bfloat16"):
         pass_time(HW, 1.0, 1.0, 1, "bfloat16")
@@ -84,29 +108,34 @@ def test_a_hardware_file_with_an_unknown_field_or_a_bad_number_is_named(tmp_path
 
 
 # --- calibration and validation ---------------------------------------------------------------
-PROBE = {"kind": "probe", "peak_gflops": 100.0, "bandwidth_gbs": {"ar": 20.0, "mdm": 20.0}}
+PROBE = {"kind": "probe", "peak_gflops": 100.0, "bandwidth_gbs": {"ar": 20.0, "mdm": 20.0},
+         "draw_ns_per_logit": 30.0}
+FORWARD_SHAPES = ([1, 128], [4, 2], [2, 16], [1, 1024])     # matmul rows 128, 8, 32, 1024
 
 
-def _synthetic_rows(eff: float, overhead: float) -> list[dict]:
+def _synthetic_rows(eff: float, overhead: float, rows_half: float = 0.0) -> list[dict]:
     """Benchmark rows whose bare forwards and calls follow the roofline exactly on a CPU of
-    100 GFLOP/s, 20 GB/s, ``eff`` and ``overhead``."""
+    100 GFLOP/s, 20 GB/s, ``eff``, ``overhead``, ``rows_half`` and PROBE's draw cost."""
     true = Hardware(name="t", label="t", peak_flops=1e11, bandwidth=2e10, compute_efficiency=eff,
-                    overhead_forward_s=overhead)
+                    overhead_forward_s=overhead, rows_half=rows_half, draw_s_per_logit=3e-8)
     rows = []
     for i, (fam, q, n) in enumerate((("mdm", 256, 16), ("mdm", 64, 8), ("ar", 1, 127), ("mdm", 1024, 4))):
         passes = [{"count": float(n), "batch": 1, "q": q, "kv": q, "flops": 2e6 * q,
-                   "bytes": 1.2e7 + 4e3 * q}]
+                   "bytes": 1.2e7 + 4e3 * q, "rows": q, "logits": 260 * q}]
         if fam == "ar":
-            passes = [{"count": 1.0, "batch": 1, "q": 1, "kv": 1, "flops": 2e6, "bytes": 1.2e7}] + passes
+            passes = [{"count": 1.0, "batch": 1, "q": 1, "kv": 1, "flops": 2e6, "bytes": 1.2e7, "rows": 1,
+                       "logits": 260}] + passes
         row = {"kind": "gen", "point": i, "family": fam, "label": fam, "batch": 1, "length": q,
                "prompt_len": 0,
                "nfe": sum(p["count"] for p in passes), "dtype": "float32", "settings": {"use_cache": True},
                "work": {"n_layers": 4, "passes": passes},
-               "forward_shape": [1, 128 * (i + 1)],
-               "forward_work": {"flops": 2e6 * 128 * (i + 1), "bytes": 1.2e7 + 4e3 * 128 * (i + 1)},
+               "forward_shape": FORWARD_SHAPES[i],
+               "forward_work": {"flops": 2e6 * math.prod(FORWARD_SHAPES[i]),
+                                "bytes": 1.2e7 + 4e3 * math.prod(FORWARD_SHAPES[i])},
                "forward1_work": {"flops": 2e6, "bytes": 1.2e7}}
         row["latency_s"] = roofline.predict(row, true)
-        row["forward_loop_s"] = pass_time(true, row["forward_work"]["flops"], row["forward_work"]["bytes"], 4)
+        row["forward_loop_s"] = pass_time(true, row["forward_work"]["flops"], row["forward_work"]["bytes"], 4,
+                                          rows=math.prod(FORWARD_SHAPES[i]))
         row["forward1_loop_s"] = pass_time(true, 2e6, 1.2e7, 4)
         rows.append(row)
     return rows
@@ -117,8 +146,23 @@ def test_calibration_recovers_a_known_efficiency_and_fixed_cost():
     cpu = roofline.calibrate(roofline.load_hardware("cpu"), rows, PROBE)
     assert cpu.compute_efficiency == pytest.approx(0.3, rel=0.03)
     assert cpu.overhead_forward_s == pytest.approx(2e-3, rel=0.05)
+    assert cpu.rows_half < 2.0                 # none in the data; the grid's smallest values fit as well
     v = roofline.validate(rows, PROBE, "cpu")
     assert v["n"] == 4 and v["within"] == 1.0 and v["p80_abs_err"] < 0.05
+
+
+def test_calibration_recovers_the_half_performance_rows_and_the_draw_enters_the_calls():
+    rows = _synthetic_rows(0.5, 1e-4, rows_half=24.0)
+    cpu = roofline.calibrate(roofline.load_hardware("cpu"), rows, PROBE)
+    assert cpu.compute_efficiency == pytest.approx(0.5, rel=0.05)
+    assert cpu.rows_half == pytest.approx(24.0, rel=0.1)
+    v = roofline.validate(rows, PROBE, "cpu")
+    assert v["within"] == 1.0 and v["p80_abs_err"] < 0.05
+    # the same calls predicted without the probe's draw cost fall short by exactly the draw
+    no_draw = {k: x for k, x in PROBE.items() if k != "draw_ns_per_logit"}
+    with pytest.warns(UserWarning, match="no draw_ns_per_logit"):
+        short = roofline.validate(rows, no_draw, "cpu")
+    assert all(pred < r["latency_s"] for r, pred, _ in short["rows"])
 
 
 def test_validation_fails_where_the_model_is_wrong():
@@ -149,8 +193,8 @@ def test_break_even_is_a_diffusion_forward_over_an_ar_step():
     f = roofline.hardware_of("h200", rows, PROBE)
     [x] = [y for y in roofline.step_times(rows, f) if y["row"]["point"] == 1]
     h = roofline.load_hardware("h200")
-    fwd = pass_time(h, 2e6 * 64, 1.2e7 + 4e3 * 64, 4)
-    step = pass_time(h, 2e6, 1.2e7 + 4e3, 4)
+    fwd = pass_time(h, 2e6 * 64, 1.2e7 + 4e3 * 64, 4, rows=64, logits=260 * 64)
+    step = pass_time(h, 2e6, 1.2e7 + 4e3, 4, rows=1, logits=260)
     assert x["breakeven"] == pytest.approx(fwd / step) and x["bound"] == "overhead"
 
 
@@ -168,15 +212,27 @@ def test_forward_work_counts_matmuls_attention_and_bytes():
 def test_sampler_plans_account_for_every_forward():
     ar = ARSampler(chunk=16)
     plan = ar.forward_plan(batch=2, length=128, prompt_len=8, nfe=120)
-    assert plan[0] == (1.0, 2, 9.0, 9.0) and plan[1][0] == 119 and plan[1][2] == 1.0
+    assert plan[0] == (1.0, 2, 9.0, 9.0, 1.0) and plan[1][0] == 119 and plan[1][2] == 1.0
+    assert plan[1][4] == 1.0                            # each forward draws the last position only
     assert 9 + 1 <= plan[1][3] <= 128 + 16 + 64        # about the cache prefix a step reads
     nocache = dataclasses.replace(ar, use_cache=False).forward_plan(1, 32, 0, 32)
-    assert nocache == [(32.0, 1, 33.0, 33.0)]
+    assert nocache == [(32.0, 1, 33.0, 33.0, 1.0)]
     thr = Threshold()
     assert thr.forward_plan(1, 64, 0, 10) == [(10.0, 1, 64.0, 64.0)]
     assert thr.forward_plan(1, 64, 16, 10, computed=16 + 10 * 48) == [(10.0, 1, 49.6, 64.0)]
     assert BD3LMSampler(block_size=16).forward_plan(1, 64, 0, 20) == [(20.0, 1, 16.0, 48.0)]
 
+
+
+def test_a_call_records_the_rows_of_its_matmuls_and_the_logits_it_draws_from():
+    m = Transformer(vocab_size=260, d_model=64, n_layers=2, n_heads=4, rngs=nnx.Rngs(0))
+    ar = call_work(ARSampler(chunk=16), m, batch=2, length=128, prompt_len=8, nfe=120)
+    prefill, step = ar["passes"]
+    assert prefill["rows"] == 2 * 9 and prefill["logits"] == 2 * 1 * 260   # 9 positions, one drawn
+    assert step["rows"] == 2 and step["logits"] == 2 * 260
+    thr = call_work(Threshold(), m, batch=3, length=64, prompt_len=16, nfe=10, computed=16 + 10 * 48)
+    [p] = thr["passes"]
+    assert p["rows"] == pytest.approx(3 * 49.6) and p["logits"] == pytest.approx(3 * 49.6 * 260)
 
 # --- the report part --------------------------------------------------------------------------
 def test_the_report_part_validates_tabulates_and_projects(tmp_path):

@@ -2,12 +2,12 @@
 
 For one generation benchmark (``python -m sandbox.bench gen``): the roofline model of
 :mod:`analysis.roofline` validated against the measured latencies of the machine the benchmark
-ran on (the CPU: measured peak and bandwidth, efficiency and per-forward cost fitted on the
-bare forwards only), the speed figures redrawn with latencies projected on an NVIDIA H200, and
-a table of the **break-even tokens per forward**: how many tokens a diffusion forward must
-finalise for the sampler to match AR with a KV cache at the same batch and length, per
-hardware, beside the tokens per forward the sampler reached. Latency ratios diffusion/AR per
-hardware follow from the same predictions.
+ran on (the CPU: measured peak, bandwidth and draw cost; efficiency, few-rows penalty and
+per-forward cost fitted on the bare forwards only), the speed figures redrawn with latencies
+projected on an NVIDIA H200, and a table of the **break-even tokens per forward**: how many
+tokens a diffusion forward must finalise for the sampler to match AR with a KV cache at the
+same batch and length, per hardware, beside the tokens per forward the sampler reached.
+Latency ratios diffusion/AR per hardware follow from the same predictions.
 """
 
 from __future__ import annotations
@@ -47,10 +47,13 @@ def _validation(bench: dict, rows: list[dict]) -> list[str]:
     if hw.measured:
         p = bench["probe"]
         bws = ", ".join(f"{f} {b:,.1f} GB/s" for f, b in (p.get("bandwidth_gbs") or {}).items())
-        lines += [f"Roofline on {hw.label}: matmul peak {p['peak_gflops']:,.0f} GFLOP/s and weight-streaming "
-                  f"bandwidth ({bws}) measured by the benchmark; compute efficiency "
-                  f"{hw.compute_efficiency:.2f} and {1e3 * hw.overhead_forward_s:.3f} ms per forward "
-                  "fitted on its bare forwards only."]
+        draw = p.get("draw_ns_per_logit")
+        drawn = (f", the exact draw {draw:,.1f} ns per logit value" if draw is not None
+                 else " (no draw cost in this benchmark's probe: sampling left out)")
+        lines += [f"Roofline on {hw.label}: matmul peak {p['peak_gflops']:,.0f} GFLOP/s, weight-streaming "
+                  f"bandwidth ({bws}){drawn} measured by the benchmark; compute efficiency "
+                  f"{hw.compute_efficiency:.2f}, half the compute roof at {hw.rows_half:.3g} matmul rows and "
+                  f"{1e3 * hw.overhead_forward_s:.3f} ms per forward fitted on its bare forwards only."]
     fams = sorted({r.get("family") for r, _, _ in v["rows"]})
     by = []
     for f in fams:

@@ -46,8 +46,8 @@ from sandbox.bench.gen_plan import (
     plan,
 )
 from sandbox.bench.gen_quality import collect, quality_pass, reference_rows
-from sandbox.bench.gen_time import FWD_LOOP, Forwards, predict_nfe, time_point
-from sandbox.bench.peak import measure_bandwidth, measure_matmul_peak
+from sandbox.bench.gen_time import FWD_LOOP, LOOP_TARGET_S, Forwards, predict_nfe, time_point
+from sandbox.bench.peak import measure_bandwidth, measure_draw, measure_matmul_peak
 from sandbox.bench.results import Results, csv_list, float_list, format_table, int_list, loadavg, log
 from sandbox.core.errors import UserError
 from sandbox.core.mesh import describe_devices, device_info
@@ -258,7 +258,7 @@ def run(args) -> dict:
     print(f"\nGeneration speed ({dev['backend']}: {dev['device']}, {dev['cpu_count']} cpus; median of "
           f"timed calls after {o.warmup} warm-up; fwd = bare {masks} forward of the same shape timed between "
           f"the calls; step/fwd = (call / NFE) / fwd; step/loop: the same over a forward inside a compiled "
-          f"loop of {FWD_LOOP})")
+          f"loop of >= {FWD_LOOP} forwards lasting >= {1e3 * LOOP_TARGET_S:.0f} ms)")
     for f, s in subjects.items():
         print(f"  {f}: {s.source} {s.model_name}" + (f" step {s.step}" if s.step is not None else ""))
     print(table(rows, refs))
@@ -271,16 +271,22 @@ def run(args) -> dict:
 
 
 def probe(subjects: dict) -> dict:
-    """The ``probe`` row: this device's matmul peak and, per subject, the bandwidth of streaming
-    a matrix the size of its weights; the measured figures of ``conf/hardware/cpu.yaml``."""
+    """The ``probe`` row: this device's matmul peak; per subject, the bandwidth of streaming a
+    matrix the size of its weights (measured once per distinct size, so subjects of one size
+    share one figure); and the seconds per logit value of the samplers' exact draw. The measured
+    figures of ``conf/hardware/cpu.yaml``."""
     peak = measure_matmul_peak()
     sizes = {f: int(s.model.n_params(non_embedding=False)) * int(jnp.dtype(s.model.dtype).itemsize)
              for f, s in subjects.items()}
-    bw = {f: measure_bandwidth(n) for f, n in sizes.items()}
+    by_size = {n: measure_bandwidth(n) for n in sorted(set(sizes.values()))}
+    bw = {f: by_size[n] for f, n in sizes.items()}
+    vocab = max(int(s.model.vocab_size) for s in subjects.values())
+    draw = measure_draw(vocab)
     log(f"probe: matmul peak {peak:,.0f} GFLOP/s; weight streaming "
-        + ", ".join(f"{f} {b:,.1f} GB/s ({sizes[f] / 2**20:,.1f} MiB)" for f, b in bw.items()))
+        + ", ".join(f"{f} {b:,.1f} GB/s ({sizes[f] / 2**20:,.1f} MiB)" for f, b in bw.items())
+        + f"; exact draw {1e9 * draw:,.1f} ns per logit value (vocabulary {vocab})")
     return {"kind": "probe", "peak_gflops": peak, "bandwidth_gbs": bw, "weight_bytes": sizes,
-            "load": loadavg()}
+            "draw_ns_per_logit": 1e9 * draw, "draw_vocab": vocab, "load": loadavg()}
 
 
 def _time_points(points, subjects, o, res: Results, groups: dict):

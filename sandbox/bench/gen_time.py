@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -34,17 +35,23 @@ from sandbox.core.flops import call_work, forward_work
 from sandbox.core.mesh import device_info
 from sandbox.samplers import compile_sampler
 
-FWD_LOOP = 4              # forwards per call of the in-loop bare-forward reference
+FWD_LOOP = 4              # forwards per call of the in-loop bare-forward reference, at least
+LOOP_TARGET_S = 0.02      # ... and as many more (up to LOOP_MAX) as make a call last this long
+LOOP_MAX = 64
 
 
 class Forwards:
     """Bare forwards of the backbone, compiled once per (family, batch, sequence length).
 
     Two references per shape: ``single`` is one jitted call (what a user's forward costs,
-    Python dispatch included); ``loop`` runs ``FWD_LOOP`` forwards inside one compiled
-    ``fori_loop`` (each iteration's input depends on the sum of the previous logits, so
-    none is hoisted or cut short) and is divided by ``FWD_LOOP``: the cost of a forward in
-    the same setting as a sampler's steps, which also run inside a compiled loop.
+    Python dispatch included); ``loop`` runs ``n`` forwards inside one compiled loop (each
+    iteration's input depends on the sum of the previous logits, so none is hoisted or cut
+    short) and is divided by ``n``: the cost of a forward in the same setting as a sampler's
+    steps, which also run inside a compiled loop. ``n`` is at least ``FWD_LOOP`` and large
+    enough for the call to last ``LOOP_TARGET_S`` (at most ``LOOP_MAX``), so that the launch's
+    share of a short forward stays small: with four, a quarter of the ~0.5-1 ms launch landed
+    on every one-token forward (~0.6 ms), which the roofline calibration then read as a fixed
+    cost of every forward (measured 2026-12-06).
     ``step_over_forward`` divides by the first, ``step_over_forward_loop`` by the second. They
     differ by a fixed cost per executable launch (~1 ms for the tiny model on XLA:CPU,
     measured: a loop of one forward costs what the single call does, a loop of four costs
@@ -55,6 +62,7 @@ class Forwards:
         self.fns: dict[tuple, tuple] = {}
         self.compile_s: dict[tuple, float] = {}
         self.best: dict[tuple, float] = {}   # the last median measured, for predictions
+        self.loop_n: dict[tuple, int] = {}   # forwards per loop call, per shape
 
     def get(self, family: str, batch: int, seq: int):
         k = (family, batch, seq)
@@ -65,7 +73,7 @@ class Forwards:
             def one(p, x):
                 return nnx.merge(gd, p)(x, mask_kind=mask)
 
-            def loop(p, x):
+            def loop(p, x, n):
                 model = nnx.merge(gd, p)
 
                 def body(_, carry):
@@ -74,29 +82,35 @@ class Forwards:
                     y = jnp.sum(model(x, mask_kind=mask))
                     return x + (y > 3e38).astype(x.dtype), acc + y   # never true: a dependence only
 
-                return jax.lax.fori_loop(0, FWD_LOOP, body, (x, jnp.float32(0)))[1]
+                return jax.lax.fori_loop(0, n, body, (x, jnp.float32(0)))[1]
 
             rng = np.random.default_rng(self.seed)
             x = jnp.asarray(rng.integers(0, s.tokenizer.n_text, (batch, seq), dtype=np.int32))
             t0 = time.perf_counter()
             single = jax.jit(one).lower(s.params, x).compile()
             self.compile_s[k] = time.perf_counter() - t0
-            looped = jax.jit(loop).lower(s.params, x).compile()
-            jax.block_until_ready((single(s.params, x), looped(s.params, x)))  # warm-up
+            looped = jax.jit(loop).lower(s.params, x, jnp.int32(FWD_LOOP)).compile()
+            jax.block_until_ready((single(s.params, x), looped(s.params, x, jnp.int32(FWD_LOOP))))  # warm-up
             self.fns[k] = (single, looped, x, s.params)
         return self.fns[k]
 
     def time(self, family: str, batch: int, seq: int, n: int) -> tuple[list[float], list[float]]:
-        """``n`` single calls and one loop call: (single seconds, loop seconds per forward)."""
+        """``n`` single calls and one loop call: (single seconds, loop seconds per forward). The
+        loop's length (:attr:`loop_n`) is set from the single calls (class doc)."""
         single, looped, x, params = self.get(family, batch, seq)
         out = []
         for _ in range(n):
             t0 = time.perf_counter()
             jax.block_until_ready(single(params, x))
             out.append(time.perf_counter() - t0)
+        k = (family, batch, seq)
+        if k not in self.loop_n:
+            want = math.ceil(LOOP_TARGET_S / statistics.median(out))
+            self.loop_n[k] = int(min(LOOP_MAX, max(FWD_LOOP, want)))
+        reps = self.loop_n[k]
         t0 = time.perf_counter()
-        jax.block_until_ready(looped(params, x))
-        per = (time.perf_counter() - t0) / FWD_LOOP
+        jax.block_until_ready(looped(params, x, jnp.int32(reps)))
+        per = (time.perf_counter() - t0) / reps
         self.best[(family, batch, seq)] = statistics.median(out)
         return out, [per]
 
@@ -195,6 +209,8 @@ def time_point(p: Point, subj: Subject, fwd: Forwards, o, idx: int) -> tuple[dic
            "forward_mask": subj.mask_kind, "forward_samples": [round(t, 6) for t in fwd_times],
            "step_over_forward": per_nfe / forward_s, "forward_loop_s": forward_loop_s,
            "forward_loop_samples": [round(t, 6) for t in loop_times],
+           "forward_loop_n": fwd.loop_n.get((p.family, p.batch, seq)),
+           "forward1_loop_n": fwd.loop_n.get((p.family, p.batch, 1)),
            "step_over_forward_loop": per_nfe / forward_loop_s, "compile_s": compile_s,
            "forward_compile_s": fwd.compile_s.get((p.family, p.batch, seq)), "warmup_calls": o.warmup,
            "timed_calls": len(lat), "quality": None, "load_before": load0, "load_after": loadavg(),

@@ -99,19 +99,20 @@ class ARSampler(Sampler):
         """Without the cache: ``nfe`` causal forwards over the static buffer (BOS + length).
         With it: the prefill of BOS + prompt, then ``nfe - 1`` one-token steps, each reading the
         static cache view of its chunk plus the chunk's own slots (``_segments``; the
-        remainder and an early stop read the whole cache), averaged over the steps."""
+        remainder and an early stop read the whole cache), averaged over the steps. Every
+        forward draws one token per row (from the last position's logits)."""
         nfe = float(nfe)
         if not self.use_cache:
-            return [(nfe, batch, float(length + 1), float(length + 1))]
+            return [(nfe, batch, float(length + 1), float(length + 1), 1.0)]
         p1, n = prompt_len + 1, length - prompt_len - 1
         steps = max(0.0, min(nfe - 1, float(n)))
         if steps == 0:
-            return [(1.0, batch, float(p1), float(p1))]
+            return [(1.0, batch, float(p1), float(p1), 1.0)]
         c = max(1, min(self.chunk, n))
         nfull, rem = divmod(n, c)
         reads = sum((j1 - j0) * c * (view + c) for j0, j1, view in _segments(p1, c, nfull))
         reads += rem * (p1 + nfull * c + c)
-        return [(1.0, batch, float(p1), float(p1)), (steps, batch, 1.0, reads / max(n, 1))]
+        return [(1.0, batch, float(p1), float(p1), 1.0), (steps, batch, 1.0, reads / max(n, 1), 1.0)]
 
     def _draw(self, key, logits):
         if self.banned_ids:

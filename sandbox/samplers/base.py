@@ -77,10 +77,12 @@ class Sampler:
     def forward_plan(self, batch: int, length: int, prompt_len: int, nfe: float,
                      computed: float | None = None) -> list[tuple[float, int, float, float]]:
         """The forwards a call made, for the roofline latency model (``analysis.roofline``,
-        ``sandbox.core.flops.forward_work``): ``[(count, batch, q, kv)]``, ``count`` passes of
-        ``batch`` rows that compute ``q`` positions each, every position attending to ``kv``
-        key positions. ``nfe`` and ``computed`` (token positions computed, where the sampler
-        counts them) are what the call reported. Default: ``nfe`` full forwards over the output."""
+        ``sandbox.core.flops.forward_work``): ``[(count, batch, q, kv[, drawn])]``, ``count``
+        passes of ``batch`` rows that compute ``q`` positions each, every position attending to
+        ``kv`` key positions, after which the sampler draws tokens at ``drawn`` positions per row
+        (default ``q``: every computed position). ``nfe`` and ``computed`` (token positions
+        computed, where the sampler counts them) are what the call reported. Default: ``nfe``
+        full forwards over the output."""
         return [(float(nfe), batch, float(length), float(length))]
 
     def generate(self, model, key, prompt, length: int):  # pragma: no cover - interface
