@@ -106,8 +106,10 @@ def test_rows_record_the_work_the_roofline_model_reads(result):
         else:                      # a draw at every computed position
             assert all(p["logits"] == pytest.approx(p["rows"] * probe["draw_vocab"]) for p in w["passes"])
         assert row["forward1_loop_s"] > 0 and row["forward1_work"]["flops"] < row["forward_work"]["flops"]
-        # a short forward (well under 5 ms here) is timed in a longer loop, so the launch's share stays small
-        assert 4 < row["forward_loop_n"] <= 64 and 4 < row["forward1_loop_n"] <= 64
+        # a short forward is timed in a loop lasting ~20 ms (4 to 64 forwards), so the launch's share stays
+        # small: the one-token loop's length follows from its single calls' median
+        assert 4 <= row["forward_loop_n"] <= 64
+        assert row["forward1_loop_n"] == min(64, max(4, math.ceil(0.02 / row["forward1_s"])))
     v = roofline.validate(bench["rows"], probe, "cpu")
     assert v["n"] == len(bench["rows"]) and math.isfinite(v["median_abs_err"])
 
