@@ -14,7 +14,7 @@ and the sampling loop, which dominates a small model's decoding step on a GPU), 
 takes the sum over its passes. ``peak`` is the dtype's (``peak_flops.<dtype>``). Two terms
 refine it where a CPU departs from a roofline, both measured rather than assumed:
 
-- **Matmuls of few rows** (``rows``: ``batch x q``, the row count of the pass's matmuls) reach
+- **Matmuls of few rows** (``rows``: a pass's ``batch x q``, the row count of its matmuls) reach
   a fraction ``rows / (rows + rows_half)`` of the compute roof (Hockney & Jesshope's
   half-performance length ``n_1/2``): on this CPU an ``[8, d]`` matmul ran at ~1/3 of the rate
   of a ``[128, d]`` one. A one-row pass is exempt: XLA:CPU runs it as a matrix-vector product,
@@ -147,13 +147,13 @@ def bound_of(hw: Hardware, flops: float, nbytes: float, n_layers: int, dtype: st
 
 
 def pass_args(p: dict) -> dict:
-    """A recorded pass's keyword arguments to :func:`pass_time` beyond FLOPs and bytes: its rows
-    (``rows``, else ``batch x q``; benchmarks before 2026-12-06 record no ``rows``) and the
-    logit values drawn after it (``logits``; absent in older benchmarks: no sampling cost)."""
-    rows = p.get("rows")
-    if rows is None and p.get("batch") is not None and p.get("q") is not None:
-        rows = float(p["batch"]) * float(p["q"])
-    return {"rows": rows, "logits": float(p.get("logits") or 0.0)}
+    """A recorded pass's keyword arguments to :func:`pass_time` beyond FLOPs and bytes: the row
+    count of its matmuls (``batch x q``; None where a pass lacks them: no few-rows term) and the
+    logit values drawn after it (``logits``; absent in benchmarks before 2026-12-06: no
+    sampling cost)."""
+    known = p.get("batch") is not None and p.get("q") is not None
+    return {"rows": float(p["batch"]) * float(p["q"]) if known else None,
+            "logits": float(p.get("logits") or 0.0)}
 
 
 def missing_fields(row: dict) -> list[str]:

@@ -104,7 +104,8 @@ def test_rows_record_the_work_the_roofline_model_reads(result):
         if row["family"] == "ar":  # every AR forward (cached or not) draws one token per row
             assert all(p["logits"] == p["batch"] * probe["draw_vocab"] for p in w["passes"])
         else:                      # a draw at every computed position
-            assert all(p["logits"] == pytest.approx(p["rows"] * probe["draw_vocab"]) for p in w["passes"])
+            assert all(p["logits"] == pytest.approx(p["batch"] * p["q"] * probe["draw_vocab"])
+                       for p in w["passes"])
         assert row["forward1_loop_s"] > 0 and row["forward1_work"]["flops"] < row["forward_work"]["flops"]
         # a short forward is timed in a loop lasting ~20 ms (4 to 64 forwards), so the launch's share stays
         # small: the one-token loop's length follows from its single calls' median

@@ -72,7 +72,7 @@ def test_the_samplers_draw_costs_per_logit_value_and_can_bound_a_pass():
            "work": {"n_layers": 2, "passes": [{"count": 3, "batch": 2, "q": 4, "flops": 1e10, "bytes": 1e6,
                                                "logits": 2 * 4 * 260}]}}
     assert roofline.predict(row, drawn) == pytest.approx(3 * (0.02 + 1.2e-4 + 2 * 4 * 260 * 3e-8))
-    few = dataclasses.replace(HW, rows_half=8.0)     # rows read from batch x q where not recorded
+    few = dataclasses.replace(HW, rows_half=8.0)     # the pass's rows are its batch x q
     assert roofline.predict(row, few) == pytest.approx(3 * (0.02 * 2 + 1.2e-4))
 
 
@@ -121,9 +121,9 @@ def _synthetic_rows(eff: float, overhead: float, rows_half: float = 0.0) -> list
     rows = []
     for i, (fam, q, n) in enumerate((("mdm", 256, 16), ("mdm", 64, 8), ("ar", 1, 127), ("mdm", 1024, 4))):
         passes = [{"count": float(n), "batch": 1, "q": q, "kv": q, "flops": 2e6 * q,
-                   "bytes": 1.2e7 + 4e3 * q, "rows": q, "logits": 260 * q}]
+                   "bytes": 1.2e7 + 4e3 * q, "logits": 260 * q}]
         if fam == "ar":
-            passes = [{"count": 1.0, "batch": 1, "q": 1, "kv": 1, "flops": 2e6, "bytes": 1.2e7, "rows": 1,
+            passes = [{"count": 1.0, "batch": 1, "q": 1, "kv": 1, "flops": 2e6, "bytes": 1.2e7,
                        "logits": 260}] + passes
         row = {"kind": "gen", "point": i, "family": fam, "label": fam, "batch": 1, "length": q,
                "prompt_len": 0,
@@ -227,11 +227,11 @@ def test_sampler_plans_account_for_every_forward():
 def test_a_call_records_the_rows_of_its_matmuls_and_the_logits_it_draws_from():
     m = Transformer(vocab_size=260, d_model=64, n_layers=2, n_heads=4, rngs=nnx.Rngs(0))
     ar = call_work(ARSampler(chunk=16), m, batch=2, length=128, prompt_len=8, nfe=120)
-    prefill, step = ar["passes"]
-    assert prefill["rows"] == 2 * 9 and prefill["logits"] == 2 * 1 * 260   # 9 positions, one drawn
-    assert step["rows"] == 2 and step["logits"] == 2 * 260
+    prefill, step = (roofline.pass_args(p) for p in ar["passes"])
+    assert prefill == {"rows": 2 * 9, "logits": 2 * 1 * 260}      # 9 positions computed, one drawn
+    assert step == {"rows": 2, "logits": 2 * 260}
     thr = call_work(Threshold(), m, batch=3, length=64, prompt_len=16, nfe=10, computed=16 + 10 * 48)
-    [p] = thr["passes"]
+    [p] = (roofline.pass_args(p) for p in thr["passes"])
     assert p["rows"] == pytest.approx(3 * 49.6) and p["logits"] == pytest.approx(3 * 49.6 * 260)
 
 # --- the report part --------------------------------------------------------------------------

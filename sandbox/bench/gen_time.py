@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from sandbox.bench.gen_plan import Point, Subject, describe_settings
+from sandbox.bench.peak import looped
 from sandbox.bench.results import loadavg
 from sandbox.core.flops import call_work, forward_work
 from sandbox.core.mesh import device_info
@@ -73,31 +74,21 @@ class Forwards:
             def one(p, x):
                 return nnx.merge(gd, p)(x, mask_kind=mask)
 
-            def loop(p, x, n):
-                model = nnx.merge(gd, p)
-
-                def body(_, carry):
-                    x, acc = carry
-                    # sum every logit: a slice would let XLA skip most of the forward
-                    y = jnp.sum(model(x, mask_kind=mask))
-                    return x + (y > 3e38).astype(x.dtype), acc + y   # never true: a dependence only
-
-                return jax.lax.fori_loop(0, n, body, (x, jnp.float32(0)))[1]
-
             rng = np.random.default_rng(self.seed)
             x = jnp.asarray(rng.integers(0, s.tokenizer.n_text, (batch, seq), dtype=np.int32))
             t0 = time.perf_counter()
             single = jax.jit(one).lower(s.params, x).compile()
             self.compile_s[k] = time.perf_counter() - t0
-            looped = jax.jit(loop).lower(s.params, x, jnp.int32(FWD_LOOP)).compile()
-            jax.block_until_ready((single(s.params, x), looped(s.params, x, jnp.int32(FWD_LOOP))))  # warm-up
-            self.fns[k] = (single, looped, x, s.params)
+            n0 = jnp.int32(FWD_LOOP)
+            loop = looped(lambda x, p: one(p, x)).lower(n0, x, s.params).compile()
+            jax.block_until_ready((single(s.params, x), loop(n0, x, s.params)))  # warm-up
+            self.fns[k] = (single, loop, x, s.params)
         return self.fns[k]
 
     def time(self, family: str, batch: int, seq: int, n: int) -> tuple[list[float], list[float]]:
         """``n`` single calls and one loop call: (single seconds, loop seconds per forward). The
         loop's length (:attr:`loop_n`) is set from the single calls (class doc)."""
-        single, looped, x, params = self.get(family, batch, seq)
+        single, loop, x, params = self.get(family, batch, seq)
         out = []
         for _ in range(n):
             t0 = time.perf_counter()
@@ -109,7 +100,7 @@ class Forwards:
             self.loop_n[k] = int(min(LOOP_MAX, max(FWD_LOOP, want)))
         reps = self.loop_n[k]
         t0 = time.perf_counter()
-        jax.block_until_ready(looped(params, x, jnp.int32(reps)))
+        jax.block_until_ready(loop(jnp.int32(reps), x, params))
         per = (time.perf_counter() - t0) / reps
         self.best[(family, batch, seq)] = statistics.median(out)
         return out, [per]

@@ -59,13 +59,14 @@ def measure_matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 10
     return check_gflops(flops / statistics.median(times) / 1e9)
 
 
-def _looped(step, n: int):
-    """``f(x, *args)``: ``n`` calls of ``step(x, *args) -> array`` in one compiled loop, each
-    call's input depending on the previous output (so none is hoisted or cut short): a
-    per-call time free of the executable's launch cost (~0.5-1 ms on XLA:CPU, as much as a
-    one-token forward of a small model)."""
+def looped(step):
+    """``f(n, x, *args)``, jitted: ``n`` (a traced int, so one compile serves any count) calls of
+    ``step(x, *args) -> array`` in one compiled loop, each call's input depending on the sum of
+    the previous output (so none is hoisted or cut short; the sum also keeps XLA from computing
+    only a slice): a per-call time free of the executable's launch cost (~0.5-1 ms on XLA:CPU,
+    as much as a one-token forward of a small model). Returns the sum of the outputs."""
 
-    def loop(x, *args):
+    def loop(n, x, *args):
         def body(_, carry):
             x, acc = carry
             y = jnp.sum(step(x, *args).astype(jnp.float32))
@@ -87,7 +88,7 @@ def measure_bandwidth(nbytes: int, repeats: int = 9, warmup: int = 2, loop: int 
     cols = 1024
     rows = max(1, int(nbytes) // (4 * cols))
     args = (jnp.ones((1, cols), jnp.float32), jnp.ones((cols, rows), jnp.float32))
-    time_one = _timer(_looped(jnp.matmul, loop), args, warmup)
+    time_one = _timer(looped(jnp.matmul), (jnp.int32(loop), *args), warmup)
     gbs = 4.0 * cols * rows * loop / statistics.median(time_one() for _ in range(max(1, repeats))) / 1e9
     if not (gbs > 0 and math.isfinite(gbs)):
         raise RuntimeError(f"bandwidth measured as {gbs} GB/s")
@@ -107,7 +108,7 @@ def measure_draw(vocab: int, rows: int = 128, repeats: int = 7, warmup: int = 1,
     def draw(x, key):
         return sample(jax.random.fold_in(key, x[0, 0].astype(jnp.int32)), x, "exact")
 
-    time_one = _timer(_looped(draw, loop), (logits, jax.random.PRNGKey(1)), warmup)
+    time_one = _timer(looped(draw), (jnp.int32(loop), logits, jax.random.PRNGKey(1)), warmup)
     per = statistics.median(time_one() for _ in range(max(1, repeats))) / loop / (rows * vocab)
     if not (per > 0 and math.isfinite(per)):
         raise RuntimeError(f"draw cost measured as {per} s per value")

@@ -66,19 +66,18 @@ def forward_work(model, batch: int, q: float, kv: float, dtype_bytes: int | None
 def call_work(sampler, model, batch: int, length: int, prompt_len: int, nfe: float,
               computed: float | None = None) -> dict:
     """The forwards one sampler call made (its ``forward_plan``) with each pass's FLOPs and bytes
-    (:func:`forward_work`): ``{passes: [{count, batch, q, kv, flops, bytes, rows, logits}],
-    n_layers, flops, bytes}``, what ``analysis.roofline`` predicts a call's latency from on named
-    hardware. ``rows`` (``batch x q``) is the row count of the pass's matmuls, which sets their
-    efficiency on a CPU; ``logits`` the logit values the sampler draws from after the pass
-    (``batch x drawn positions x vocab``: the exact categorical draw costs per value, and on a CPU
-    a whole-canvas draw costs ~10-15% of the tiny model's forward)."""
+    (:func:`forward_work`): ``{passes: [{count, batch, q, kv, flops, bytes, logits}], n_layers,
+    flops, bytes}``, what ``analysis.roofline`` predicts a call's latency from on named hardware
+    (``batch x q`` is the row count of the pass's matmuls, which sets their efficiency on a CPU).
+    ``logits`` is the logit values the sampler draws from after the pass (``batch x drawn
+    positions x vocab``: the exact categorical draw costs per value, and on a CPU a whole-canvas
+    draw costs ~10-15% of the tiny model's forward)."""
     passes = []
     for count, b, q, kv, *drawn in sampler.forward_plan(batch, length, prompt_len, nfe, computed):
         w = forward_work(model, b, q, kv)
         drawn = float(drawn[0]) if drawn else float(q)   # positions whose logits the sampler draws from
         passes.append({"count": count, "batch": b, "q": q, "kv": kv, "flops": w["flops"],
-                       "bytes": w["bytes"], "rows": float(b) * float(q),
-                       "logits": float(b) * drawn * int(model.vocab_size)})
+                       "bytes": w["bytes"], "logits": float(b) * drawn * int(model.vocab_size)})
     return {"passes": passes, "n_layers": int(model.cfg["n_layers"]),
             "flops": sum(x["count"] * x["flops"] for x in passes),
             "bytes": sum(x["count"] * x["bytes"] for x in passes)}
