@@ -5,6 +5,7 @@ from sandbox.samplers.base import Sampler, compile_sampler
 from sandbox.samplers.bd3lm import BD3LMSampler
 from sandbox.samplers.mdm import Ancestral, FirstHitting, Threshold, TopKConfidence
 from sandbox.samplers.remdm import ReMDM
+from sandbox.samplers.speculative import SelfSpeculative
 
-__all__ = ["ARSampler", "Ancestral", "BD3LMSampler", "FirstHitting", "ReMDM", "Sampler", "Threshold",
-           "TopKConfidence", "compile_sampler"]
+__all__ = ["ARSampler", "Ancestral", "BD3LMSampler", "FirstHitting", "ReMDM", "Sampler", "SelfSpeculative",
+           "Threshold", "TopKConfidence", "compile_sampler"]
