@@ -133,7 +133,7 @@ def test_bad_settings_and_models_are_refused_in_one_line():
     with pytest.raises(UserError) as e:
         ok.for_checkpoint(CAUSAL).infill(nnx.merge(graphdef, params), jax.random.PRNGKey(0), z, P)
     errors.append(str(e.value))
-    assert all("\n" not in m and "mdm_speculative" in m or "sampler." in m for m in errors), errors
+    assert all("\n" not in m and ("mdm_speculative" in m or "sampler." in m) for m in errors), errors
     assert "window" in errors[2] and "precision" in errors[0] and "causal" in errors[1]
     # the other masked-diffusion samplers are unchanged by it
     assert Threshold().bind(TOK).for_checkpoint(CAUSAL).mask_kind == "causal"

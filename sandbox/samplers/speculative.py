@@ -100,9 +100,8 @@ class SelfSpeculative(MaskedDiffusionSampler):
         return out + ([(steps, batch, float(self.window), float(length))] if steps > 0 else [])
 
     def infill_cost(self, model, key, z, start: int):
-        """(tokens[B, L], nfe, computed positions); the module doc's loop. ``key`` is unused
-        (greedy)."""
-        del key
+        """(tokens[B, L], nfe, computed positions); the module doc's loop. ``key`` reaches the
+        draw, which is greedy (check refuses any other precision)."""
         if not getattr(model, "logit_shift", False) or not hasattr(model, "decode"):
             raise UserError("sampler=mdm_speculative verifies with shifted logits (a prediction at "
                             "position j from the positions before j): the run needs model.logit_shift="
@@ -139,9 +138,8 @@ class SelfSpeculative(MaskedDiffusionSampler):
             lo = jnp.min(fin) - 1                        # input position that predicts min(fin)
             x = jax.lax.dynamic_slice_in_dim(u, lo, w, axis=1)
             logits, cache = model.decode(x, cache, lo)   # logits[:, i] predict position lo + 1 + i
-            logits = suppress(logits.astype(jnp.float32), banned)
-            y = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-            conf = jnp.exp(jnp.max(logits, -1) - jax.nn.logsumexp(logits, axis=-1))
+            # greedy tokens and their probability: the masked-diffusion samplers' own draw
+            y, conf = self.draw(key, suppress(logits.astype(jnp.float32), banned))
             t = lo + 1 + jnp.arange(w)                                       # [W] target positions
             cur = jax.lax.dynamic_slice_in_dim(u, lo + 1, w, axis=1)
             kn = jax.lax.dynamic_slice_in_dim(known, lo + 1, w, axis=1)
@@ -165,7 +163,7 @@ class SelfSpeculative(MaskedDiffusionSampler):
             fin = stopped(u, jnp.maximum(fin, jnp.minimum(lo + 1 + first + hit, length)))
             return u, fin, cache, nfe + 1
 
-        fin0 = jnp.where(todo0, stopped(u0, jnp.full((b,), start, jnp.int32)), length)
+        fin0 = jnp.where(todo0, start, length) * jnp.ones((b,), jnp.int32)
         u, _, _, n = jax.lax.while_loop(cond, body, (u0, fin0, cache, jnp.int32(0)))
         out = u[:, :length]
         if self.stop_at_eos:
