@@ -82,3 +82,16 @@ def assert_same_curve(a: Path, b: Path) -> None:
     assert [c[:2] for c in ca] == [c[:2] for c in cb]
     for x, y in zip(ca, cb, strict=True):
         assert y[2] == pytest.approx(x[2], abs=1e-6), (x, y)
+
+
+def need_cpu_kernel() -> None:
+    """Skip where no C++ compiler is installed; where one is, fail if the fused CPU
+    attention kernel (sandbox/models/cpu_attention.py) does not build."""
+    import shutil
+
+    from sandbox.models import cpu_attention
+
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        pytest.skip("no C++ compiler: the fused CPU attention kernel cannot be built here")
+    ok, why = cpu_attention.status()
+    assert ok, f"the fused CPU attention kernel did not build: {why}"

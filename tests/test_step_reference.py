@@ -1,16 +1,18 @@
 """The trainer's step computes the same numbers after every speed change.
 
-Losses of three steps of the trainer's compiled step (AdamW, EMA, the chunked attention
-kernel) at a fixed seed and fixed random batches, recorded with the step as it was before
-the training-speed work (``python -m sandbox.bench train --profile`` and the levers listed
-in docs/design.md, "CPU performance"). A lever that changes what is computed, not only how
-fast, breaks this test; float32 reassociation stays far inside the tolerance."""
+Losses of three steps of the trainer's compiled step (AdamW, EMA; the chunked attention
+kernel and the fused CPU kernel, ``model.attention=fused``) at a fixed seed and fixed random
+batches, recorded with the step as it was before the training-speed work (``python -m
+sandbox.bench train --profile`` and the levers listed in docs/design.md, "CPU
+performance"). A lever that changes what is computed, not only how fast, breaks this test;
+float32 reassociation stays far inside the tolerance."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
 import pytest
+from conftest import need_cpu_kernel
 
 from sandbox.bench.train_step import build_point
 from sandbox.core.step import make_train_step
@@ -25,9 +27,13 @@ REFERENCE = {
 }
 
 
+@pytest.mark.parametrize("attention", ["chunked", "fused"])
 @pytest.mark.parametrize("objective", sorted(REFERENCE))
-def test_three_steps_reproduce_the_recorded_losses(objective):
+def test_three_steps_reproduce_the_recorded_losses(objective, attention):
+    if attention == "fused":
+        need_cpu_kernel()
     extra = ["objective.block_size=16"] if objective == "bd3lm" else []
+    extra.append(f"model.attention={attention}")
     b = build_point("tiny", objective, batch_size=4, seq_len=64, overrides=SMALL + extra)
     state = b.init_state()
     step = make_train_step(b.graphdef, b.objective, b.tx, 0.999, b.layout, state)

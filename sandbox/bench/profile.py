@@ -43,6 +43,7 @@ PHASES = ("forward", "backward", "optimizer")
 KINDS = ("attention", "matmul", "normalisation", "softmax/xent", "elementwise", "layout")
 
 _INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+?)\{?.*? (\w[\w\-]*)\(")
+_TARGET = re.compile(r'custom_call_target="([^"]*)"')
 _META = re.compile(r'metadata=\{op_name="([^"]*)"(?: source_file="[^"]*")?(?: source_line=\d+)?'
                    r'(?: stack_frame_id=(\d+))?')
 _LAYOUT_OPS = ("copy", "transpose", "concatenate", "slice", "dynamic-slice", "dynamic-update-slice", "pad",
@@ -105,7 +106,9 @@ def instructions(hlo_text: str) -> dict[str, dict]:
         meta = _META.search(line)
         op_name = meta.group(1) if meta else ""
         frame = int(meta.group(2)) if meta and meta.group(2) else None
+        target = _TARGET.search(line)
         out[name] = {"opcode": opcode, "op_name": op_name, "stack": _stack(frame, *tables),
+                     "target": target.group(1) if target else "",
                      "custom": "__ynn_fusion" in line or "__onednn" in line or "kind=kCustom" in line}
     return out
 
@@ -122,6 +125,8 @@ def phase_of(op_name: str) -> str:
 
 def kind_of(info: dict) -> str:
     """One of KINDS (module doc)."""
+    if info.get("target", "").startswith("sandbox_attention"):  # the fused CPU kernel's custom calls
+        return "attention"
     for file, func, _ in info["stack"]:  # innermost first: the most specific sandbox function
         if "/sandbox/" not in file:
             continue

@@ -55,7 +55,7 @@ def add_arguments(p) -> None:
     p.add_argument("--objectives", default="ar,mdlm", help="comma-separated conf/objective/ names (ar,mdlm)")
     p.add_argument("--attention", default=None,
                    help="comma-separated attention kernels to sweep, e.g. xla,chunked "
-                        "(auto|xla|chunked|cudnn; default: each model config's own)")
+                        "(auto|xla|chunked|cudnn|fused; default: each model config's own)")
     p.add_argument("--batch", type=int, default=32, help="sequences per step (32)")
     p.add_argument("--seq", type=int, default=256, help="sequence length (256)")
     p.add_argument("--steps", type=int, default=10, help="at most this many timed steps per point (10)")

@@ -48,6 +48,7 @@ from sandbox.core.errors import UserError
 from sandbox.core.mesh import device_info, resolve_attention
 from sandbox.core.step import make_train_step
 from sandbox.data.tokenizers import ByteTokenizer
+from sandbox.models import cpu_attention
 
 
 # --- building a point -----------------------------------------------------------------------------
@@ -73,7 +74,8 @@ def attention_of(b: Built) -> str:
     """The attention kernel the built model runs (``auto`` resolved as the model resolves it)."""
     impl = getattr(b.model, "cfg", {}).get("impl")
     return str(impl or resolve_attention(str(b.cfg.model.get("attention", "auto")),
-                                         str(b.cfg.model.get("dtype") or "float32")))
+                                         str(b.cfg.model.get("dtype") or "float32"),
+                                         fused_ok=lambda: cpu_attention.status()[0]))
 
 
 def compute_dtype(model) -> str:

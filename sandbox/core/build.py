@@ -42,6 +42,7 @@ from sandbox.core.mesh import Layout, build_layout, resolve_attention
 from sandbox.core.optim import make_optimizer
 from sandbox.data import prepare
 from sandbox.data.batches import LMBatches
+from sandbox.models import cpu_attention
 
 
 def compose(overrides=(), config_name: str = "config"):
@@ -109,8 +110,10 @@ def build_model(cfg, tokenizer, seed: int):
     """The backbone, its vocabulary from the tokenizer and ``attention=auto`` resolved for the
     backend it will run on."""
     kw = {}
-    if cfg.model.get("attention") == "auto":
-        kw["attention"] = resolve_attention("auto", str(cfg.model.get("dtype") or "float32"))
+    if cfg.model.get("attention") in ("auto", "fused"):
+        dtype = str(cfg.model.get("dtype") or "float32")
+        kw["attention"] = resolve_attention(str(cfg.model.attention), dtype,
+                                            fused_ok=lambda: cpu_attention.status()[0])
     node = cfg.model
     if "weights" in node:  # where the initial weights come from (sandbox.core.runs.warm_start), not an option
         node = OmegaConf.masked_copy(node, [k for k in node if k != "weights"])

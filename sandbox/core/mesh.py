@@ -210,15 +210,25 @@ def fake_cpu_devices(n: int) -> None:
     jax.config.update("jax_num_cpu_devices", int(n))
 
 
-def resolve_attention(impl: str, dtype) -> str:
+def resolve_attention(impl: str, dtype, fused_ok=lambda: False) -> str:
     """The attention kernel ``model.attention=auto`` means on this backend: cuDNN's fused
-    kernel on a GPU in 16-bit floats, else the portable chunked kernel. The backbone gets the
-    resolved name (it never asks the backend itself)."""
+    kernel on a GPU in 16-bit floats; the sandbox's fused CPU kernel
+    (``sandbox.models.cpu_attention``) in float32 on a process with one CPU device, when
+    ``fused_ok()`` says it built (its custom call is not partitioned over a mesh); else the
+    portable chunked kernel. The backbone gets the resolved name (it never asks the backend
+    itself). An explicit ``fused`` off the CPU is refused here, in one line."""
+    if impl == "fused" and backend() != "cpu":
+        raise UserError(f"model.attention=fused is a CPU kernel; on {backend()} use model.attention=auto")
     if impl != "auto":
         return impl
     import jax.numpy as jnp
 
-    return "cudnn" if backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "chunked"
+    dt = jnp.dtype(dtype)
+    if backend() == "gpu" and dt in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    if backend() == "cpu" and dt == jnp.float32 and jax.device_count() == 1 and fused_ok():
+        return "fused"
+    return "chunked"
 
 
 # --- the mesh ---------------------------------------------------------------------------------

@@ -11,7 +11,13 @@ Implementations:
   diagonal are never computed, which halves the FLOPs and, on XLA:CPU, is much faster
   than the fused-looking but unfused ``dot_product_attention`` (see ``sandbox.bench``).
   Chunk boundaries are static, so the loop unrolls at trace time into L/C matmuls.
-- ``auto``: ``cudnn`` on GPU with a half-precision dtype, ``chunked`` elsewhere.
+- ``fused``: a C++ kernel for XLA:CPU (``sandbox.models.cpu_attention``, built on first
+  use): one task per block of 64 queries keeps its scores in cache from QK^T to PV, and
+  the backward recomputes them from the row log-sum-exp. Causal and bidirectional masks
+  without a window, float32; every other call (structured masks, windows, other dtypes)
+  runs the ``chunked`` kernel.
+- ``auto``: ``cudnn`` on GPU with a half-precision dtype; ``fused`` on a single CPU device
+  when the kernel builds (float32); ``chunked`` elsewhere.
 
 Softmax is computed in float32 whatever the input dtype. Values may have another head
 width than queries and keys (multi-head latent attention); the output has the values' width.
@@ -38,6 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from sandbox.core.errors import UserError
+from sandbox.models import cpu_attention
 
 MASK_KINDS = ("causal", "bidirectional", "block_diffusion", "prompt")
 
@@ -106,7 +113,7 @@ class PromptMask:
 def mask_name(mask_kind) -> str:
     """The family name of a mask: the string itself, or a mask object's ``kind``."""
     return mask_kind if isinstance(mask_kind, str) else getattr(mask_kind, "kind", "?")
-IMPLS = ("auto", "xla", "chunked", "cudnn")
+IMPLS = ("auto", "xla", "chunked", "cudnn", "fused")
 
 
 def resolve_impl(impl: str, dtype) -> str:
@@ -115,6 +122,11 @@ def resolve_impl(impl: str, dtype) -> str:
     gets the portable chunked kernel (the model never asks the backend)."""
     if impl not in IMPLS:
         raise UserError(f"model.attention: unknown value '{impl}' (choose one of {', '.join(IMPLS)})")
+    if impl == "fused":
+        ok, why = cpu_attention.status()
+        if not ok:
+            raise UserError(f"model.attention=fused: the CPU kernel is unavailable ({why}); "
+                            "use model.attention=chunked")
     return "chunked" if impl == "auto" else impl
 
 
@@ -275,7 +287,10 @@ def attend(q, k, v, mask_kind, impl: str = "chunked", chunk: int = 64, window: i
     ``array(l, s) -> bool[l, s]`` or ``bool[B, l, s]``. ``window``: sliding-window width (0: off)."""
     if mask_name(mask_kind) not in MASK_KINDS:
         raise UserError(f"mask kind '{mask_kind}' unknown (choose one of {', '.join(MASK_KINDS)})")
-    if impl == "chunked":
+    if impl == "fused" and isinstance(mask_kind, str) and mask_kind != "block_diffusion" and not window:
+        if cpu_attention.supports(q, k, v, mask_kind == "causal"):
+            return cpu_attention.attention(q, k, v, mask_kind == "causal")
+    if impl in ("chunked", "fused"):
         return _chunked(q, k, v, mask_kind, chunk, window)
     if impl in ("xla", "cudnn"):
         h, kh, d, dv = q.shape[2], k.shape[2], q.shape[3], v.shape[3]

@@ -1,0 +1,159 @@
+"""The fused CPU attention kernel (sandbox/models/cpu_attention.py and .cc).
+
+Values and gradients against the portable chunked kernel over the shapes the backbones
+produce (grouped-query heads, queries aligned to the end of longer keys, value widths other
+than the query width, lengths that are not a multiple of the kernel's block); the calls it
+leaves to the chunked kernel; the ``auto`` resolution with and without the kernel; the one-
+line refusal of an explicit ``model.attention=fused`` that cannot be built; the build cache.
+
+The kernel needs a C++ compiler. Where one is installed (every machine the sandbox's CI
+runs on) a kernel that does not build fails these tests instead of skipping them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY, compose, need_cpu_kernel
+
+from sandbox.core.build import build_model
+from sandbox.core.errors import UserError
+from sandbox.core.mesh import resolve_attention
+from sandbox.data.tokenizers import ByteTokenizer
+from sandbox.models import attention as A
+from sandbox.models import cpu_attention as C
+
+
+def _qkv(b, l, h, kh, s, d, dv, seed=0):
+    rng = np.random.default_rng(seed)
+    return tuple(jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
+                 for shape in ((b, l, h, d), (b, s, kh, d), (b, s, kh, dv)))
+
+
+def _loss(fn, causal):
+    # a non-linear read of the output, so every output element gets its own cotangent
+    return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, "causal" if causal else "bidirectional")))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shape", [
+    (2, 100, 4, 2, 100, 64, 64),   # grouped-query, L not a multiple of the block
+    (2, 70, 2, 2, 130, 32, 32),    # causal queries aligned to the end of longer keys
+    (1, 5, 3, 1, 9, 16, 8),        # multi-query, value width below the query width
+    (1, 300, 2, 2, 300, 16, 16),   # several bidirectional blocks (256 + 44)
+])
+def test_values_and_gradients_match_the_chunked_kernel(shape, causal):
+    need_cpu_kernel()
+    b, l, h, kh, s, d, dv = shape
+    q, k, v = _qkv(b, l, h, kh, s, d, dv)
+
+    def fused(q, k, v, mask):
+        return C.attention(q, k, v, mask == "causal")
+
+    def chunked(q, k, v, mask):
+        return A._chunked(q, k, v, mask, 64)
+
+    got = jax.jit(jax.value_and_grad(_loss(fused, causal), (0, 1, 2)))(q, k, v)
+    want = jax.jit(jax.value_and_grad(_loss(chunked, causal), (0, 1, 2)))(q, k, v)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4,
+                                   atol=1e-5 * float(np.max(np.abs(np.asarray(w)))))
+    out = C.attention(q, k, v, causal)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(A._chunked(
+        q, k, v, "causal" if causal else "bidirectional", 64)), rtol=1e-5, atol=1e-5)
+
+
+def test_causal_rows_see_no_later_key():
+    """Changing the last key and value leaves every earlier causal query unchanged."""
+    need_cpu_kernel()
+    q, k, v = _qkv(1, 16, 2, 2, 16, 8, 8)
+    out = C.attention(q, k, v, True)
+    out2 = C.attention(q, k.at[:, -1].set(5.0), v.at[:, -1].set(-3.0), True)
+    np.testing.assert_array_equal(np.asarray(out[:, :-1]), np.asarray(out2[:, :-1]))
+    assert not np.allclose(np.asarray(out[:, -1]), np.asarray(out2[:, -1]))
+
+
+def test_attend_runs_the_kernel_and_leaves_other_calls_to_the_chunked_kernel():
+    need_cpu_kernel()
+    q, k, v = _qkv(2, 32, 2, 2, 32, 16, 16)
+    for mask in ("causal", "bidirectional"):
+        jaxpr = str(jax.make_jaxpr(lambda q, k, v, mask=mask: A.attend(q, k, v, mask, "fused", 16))(q, k, v))
+        assert C.FORWARD in jaxpr
+        np.testing.assert_allclose(np.asarray(A.attend(q, k, v, mask, "fused", 16)),
+                                   np.asarray(A.attend(q, k, v, mask, "chunked", 16)), rtol=1e-5, atol=1e-5)
+    prompt = A.PromptMask(jnp.arange(32)[None, :].repeat(2, 0) < 8)
+    bd = A.BlockDiffusionMask(8)
+    q2, k2, v2 = _qkv(2, 32, 2, 2, 32, 16, 16, seed=1)
+    cases = [(q, k, v, "causal", 8), (q, k, v, prompt, 0), (q2, k2, v2, bd, 0),
+             (q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), "causal", 0)]
+    for qq, kk, vv, mask, window in cases:
+        fn = lambda q, k, v, mask=mask, window=window, impl="fused": A.attend(q, k, v, mask, impl, 16, window)
+        assert C.FORWARD not in str(jax.make_jaxpr(fn)(qq, kk, vv))
+        np.testing.assert_array_equal(np.asarray(fn(qq, kk, vv), np.float32),
+                                      np.asarray(fn(qq, kk, vv, impl="chunked"), np.float32))
+
+
+def test_vmap_and_scan_run_the_kernel():
+    need_cpu_kernel()
+    q, k, v = _qkv(3, 12, 2, 2, 12, 8, 8)
+    batched = jax.vmap(lambda q, k, v: C.attention(q[None], k[None], v[None], True)[0])(q, k, v)
+    np.testing.assert_allclose(np.asarray(batched), np.asarray(C.attention(q, k, v, True)), rtol=1e-6)
+    _, scanned = jax.lax.scan(lambda c, x: (c, C.attention(x[0][None], x[1][None], x[2][None], False)[0]),
+                              0, (q, k, v))
+    np.testing.assert_allclose(np.asarray(scanned), np.asarray(C.attention(q, k, v, False)), rtol=1e-6)
+
+
+def test_auto_picks_the_kernel_on_one_cpu_device_in_float32():
+    need_cpu_kernel()
+    ok = lambda: C.status()[0]  # noqa: E731
+    assert resolve_attention("auto", "float32", fused_ok=ok) == "fused"
+    assert resolve_attention("auto", "bfloat16", fused_ok=ok) == "chunked"
+    assert resolve_attention("chunked", "float32", fused_ok=ok) == "chunked"
+    assert build_model(compose(TINY), ByteTokenizer(), 0).blocks[0].attn.impl == "fused"
+    assert A.resolve_impl("fused", jnp.float32) == "fused"
+
+
+def test_without_the_kernel_auto_keeps_chunked_and_fused_is_refused(monkeypatch, tmp_path):
+    """A machine without a compiler: status says why, ``auto`` falls back, and an explicit
+    request ends in one line naming the option and the remedy."""
+    monkeypatch.setattr(C, "_STATE", {})
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    monkeypatch.setenv("SANDBOX_KERNEL_CACHE", str(tmp_path))
+    ok, why = C.status()
+    assert not ok and "no-such-compiler-xyz" in why
+    assert resolve_attention("auto", "float32", fused_ok=lambda: C.status()[0]) == "chunked"
+    assert build_model(compose(TINY), ByteTokenizer(), 0).blocks[0].attn.impl == "chunked"
+    with pytest.raises(UserError) as e:
+        A.resolve_impl("fused", jnp.float32)
+    msg = str(e.value)
+    assert "\n" not in msg and "model.attention=fused" in msg and "model.attention=chunked" in msg
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_a_failed_build_says_why_and_leaves_no_file(monkeypatch, tmp_path):
+    if shutil.which("g++") is None:
+        pytest.skip("no C++ compiler")
+    bad = tmp_path / "bad.cc"
+    bad.write_text("this is not C++\n")
+    monkeypatch.setattr(C, "SOURCE", bad)
+    monkeypatch.setenv("SANDBOX_KERNEL_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(RuntimeError, match="g\\+\\+ failed on bad.cc"):
+        C._build()
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_the_build_is_cached(monkeypatch, tmp_path):
+    need_cpu_kernel()
+    monkeypatch.setenv("SANDBOX_KERNEL_CACHE", str(tmp_path))
+    first = C._build()
+    assert first.parent == tmp_path and first.exists()
+
+    def no_compiler(*a, **k):
+        raise AssertionError("rebuilt a cached kernel")
+
+    monkeypatch.setattr(subprocess, "run", no_compiler)
+    assert C._build() == first
