@@ -157,3 +157,10 @@ def test_the_build_is_cached(monkeypatch, tmp_path):
 
     monkeypatch.setattr(subprocess, "run", no_compiler)
     assert C._build() == first
+
+
+def test_loading_the_kernel_keeps_denormals():
+    """A ``-ffast-math`` link would add crtfastmath.o, whose constructor switches the loading
+    thread to flush-to-zero: NumPy in the main thread would then lose every denormal."""
+    need_cpu_kernel()
+    assert np.float32(1e-40) * np.float32(1.5) > 0

@@ -13,7 +13,8 @@ block of queries' scores in cache from the QK^T matmul through the PV matmul.
 Build and load (once per process, on first use):
 - the source is compiled with the system C++ compiler (``$CXX`` or ``g++``) against JAX's
   FFI headers (``jax.ffi.include_dir()``), ``-O3 -march=native -ffast-math`` (vectorised
-  ``exp``), into a cache folder (``$SANDBOX_KERNEL_CACHE``, else
+  ``exp``; compiled and linked in two steps, so the library does not switch the process to
+  flush-to-zero as a ``-ffast-math`` link does), into a cache folder (``$SANDBOX_KERNEL_CACHE``, else
   ``~/.cache/jax-diffusion-sandbox/kernels``) under a name hashed from the source, the
   flags, jaxlib's version and the CPU, so a rebuild happens only when one of them changes;
   the file is written under a temporary name and renamed, so concurrent builds are safe;
@@ -48,7 +49,8 @@ import jaxlib
 import numpy as np
 
 SOURCE = Path(__file__).with_name("cpu_attention.cc")
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-std=c++17", "-shared", "-fPIC", "-w")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-std=c++17", "-fPIC", "-w")
+LINK = ("-shared",)
 FORWARD, BACKWARD = "sandbox_attention_fwd", "sandbox_attention_bwd"
 _STATE: dict = {}
 
@@ -77,23 +79,28 @@ def _build() -> Path:
         raise RuntimeError(f"no C++ compiler ('{cxx}' not found; set $CXX)")
     include = jax.ffi.include_dir()
     key = hashlib.sha256("\n".join([SOURCE.read_text(), exe, *FLAGS, jaxlib.__version__, include,
-                                    _cpu_id()]).encode()).hexdigest()[:16]
+                                    *LINK, _cpu_id()]).encode()).hexdigest()[:16]
     out = cache_dir() / f"cpu_attention-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
+    obj = tmp[:-3] + ".o"
     try:
-        p = subprocess.run([exe, *FLAGS, f"-I{include}", str(SOURCE), "-o", tmp],
-                           capture_output=True, text=True, timeout=300)
-        if p.returncode != 0:
-            last = (p.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"{cxx} failed on {SOURCE.name}: {last}")
+        # compile and link in two steps: -ffast-math on the link line would add crtfastmath.o,
+        # whose constructor turns on flush-to-zero for the whole process when the library loads
+        for cmd in ([exe, *FLAGS, "-c", f"-I{include}", str(SOURCE), "-o", obj],
+                    [exe, *LINK, obj, "-o", tmp]):
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if p.returncode != 0:
+                last = (p.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"{cxx} failed on {SOURCE.name}: {last}")
         os.replace(tmp, out)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for f in (tmp, obj):
+            if os.path.exists(f):
+                os.unlink(f)
     return out
 
 
