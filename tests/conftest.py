@@ -86,12 +86,12 @@ def assert_same_curve(a: Path, b: Path) -> None:
 
 def need_cpu_kernel() -> None:
     """Skip where no C++ compiler is installed; where one is, fail if the fused CPU
-    attention kernel (sandbox/models/cpu_attention.py) does not build."""
+    attention kernel (sandbox/models/cpu_kernels.py) does not build."""
     import shutil
 
-    from sandbox.models import cpu_attention
+    from sandbox.models import cpu_kernels
 
     if shutil.which(os.environ.get("CXX", "g++")) is None:
         pytest.skip("no C++ compiler: the fused CPU attention kernel cannot be built here")
-    ok, why = cpu_attention.status()
+    ok, why = cpu_kernels.status()
     assert ok, f"the fused CPU attention kernel did not build: {why}"

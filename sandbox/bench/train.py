@@ -32,6 +32,7 @@ from sandbox.core.errors import UserError
 from sandbox.core.mesh import backend, describe_devices, device_info, fake_cpu_devices
 
 TRAIN_COLUMNS = [("model", "model", "{}"), ("objective", "objective", "{}"), ("attention", "attention", "{}"),
+                 ("matmul", "matmul", "{}"),
                  ("batch", "batch", "{}"), ("seq", "seq", "{}"), ("tokens/s", "tokens_per_s", "{:,.0f}"),
                  ("step ms", "step_ms", "{:,.1f}"), ("compile s", "compile_s", "{:.1f}"),
                  ("GFLOP/s", "gflops", "{:,.1f}"), ("MFU %", "mfu", "{:.1%}"),

@@ -48,7 +48,7 @@ from sandbox.core.errors import UserError
 from sandbox.core.mesh import device_info, resolve_attention
 from sandbox.core.step import make_train_step
 from sandbox.data.tokenizers import ByteTokenizer
-from sandbox.models import cpu_attention
+from sandbox.models import cpu_kernels
 
 
 # --- building a point -----------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def attention_of(b: Built) -> str:
     impl = getattr(b.model, "cfg", {}).get("impl")
     return str(impl or resolve_attention(str(b.cfg.model.get("attention", "auto")),
                                          str(b.cfg.model.get("dtype") or "float32"),
-                                         fused_ok=lambda: cpu_attention.status()[0]))
+                                         fused_ok=lambda: cpu_kernels.status()[0]))
 
 
 def compute_dtype(model) -> str:
@@ -154,6 +154,7 @@ def bench_train(model_name: str, objective_name: str, batch_size: int = 32, seq_
     layout, fpt, objective = b.layout, b.flops_per_token, b.objective
     dtype = compute_dtype(b.model)
     impl, n_params, model_label = attention_of(b), b.model.n_params(non_embedding=True), str(b.cfg.model.name)
+    matmul = str(getattr(b.model, "cfg", {}).get("matmul", "xla"))
     peak_timer = matmul_timer(peak_n, dtype) if peak_gflops is None else None
     peak_times = [peak_timer[0]() for _ in range(peak_repeats)] if peak_timer else []
     train_step, state = _trainer_step(b)
@@ -182,7 +183,9 @@ def bench_train(model_name: str, objective_name: str, batch_size: int = 32, seq_
                                  "steps")
     dev = device_info()
     row = {"kind": "train", "model": model_label, "objective": objective.name,
-           "attention": impl, "dtype": dtype, "batch": batch_size, "seq": seq_len,
+           "attention": impl, "matmul": matmul,
+           "cpu_blas": cpu_kernels.blas() if device_info()["backend"] == "cpu" else "",
+           "dtype": dtype, "batch": batch_size, "seq": seq_len,
            "mesh": layout.name, "mesh_shape": dict(layout.mesh.shape), "devices": dev["devices"],
            "overrides": list(overrides), "params": n_params, "flops_per_token": fpt,
            "compile_s": compile_s, **step_summary(times)}

@@ -38,11 +38,11 @@ from omegaconf import OmegaConf
 from sandbox.core import flops as flops_lib
 from sandbox.core.cli import CONF_DIR, check_overrides, instantiate, require_int
 from sandbox.core.errors import UserError
-from sandbox.core.mesh import Layout, build_layout, resolve_attention
+from sandbox.core.mesh import Layout, build_layout, resolve_attention, resolve_matmul
 from sandbox.core.optim import make_optimizer
 from sandbox.data import prepare
 from sandbox.data.batches import LMBatches
-from sandbox.models import cpu_attention
+from sandbox.models import cpu_kernels
 
 
 def compose(overrides=(), config_name: str = "config"):
@@ -113,7 +113,10 @@ def build_model(cfg, tokenizer, seed: int):
     if cfg.model.get("attention") in ("auto", "fused"):
         dtype = str(cfg.model.get("dtype") or "float32")
         kw["attention"] = resolve_attention(str(cfg.model.attention), dtype,
-                                            fused_ok=lambda: cpu_attention.status()[0])
+                                            fused_ok=lambda: cpu_kernels.status()[0])
+    if cfg.model.get("matmul") in ("auto", "blas"):
+        kw["matmul"] = resolve_matmul(str(cfg.model.matmul), str(cfg.model.get("dtype") or "float32"),
+                                      mkl_ok=lambda: cpu_kernels.blas() == "mkl")
     node = cfg.model
     if "weights" in node:  # where the initial weights come from (sandbox.core.runs.warm_start), not an option
         node = OmegaConf.masked_copy(node, [k for k in node if k != "weights"])

@@ -213,7 +213,7 @@ def fake_cpu_devices(n: int) -> None:
 def resolve_attention(impl: str, dtype, fused_ok=lambda: False) -> str:
     """The attention kernel ``model.attention=auto`` means on this backend: cuDNN's fused
     kernel on a GPU in 16-bit floats; the sandbox's fused CPU kernel
-    (``sandbox.models.cpu_attention``) in float32 on a process with one CPU device, when
+    (``sandbox.models.cpu_kernels``) in float32 on a process with one CPU device, when
     ``fused_ok()`` says it built (its custom call is not partitioned over a mesh); else the
     portable chunked kernel. The backbone gets the resolved name (it never asks the backend
     itself). An explicit ``fused`` off the CPU is refused here, in one line."""
@@ -229,6 +229,21 @@ def resolve_attention(impl: str, dtype, fused_ok=lambda: False) -> str:
     if backend() == "cpu" and dt == jnp.float32 and jax.device_count() == 1 and fused_ok():
         return "fused"
     return "chunked"
+
+
+def resolve_matmul(how: str, dtype, mkl_ok=lambda: False) -> str:
+    """The dense matmul ``model.matmul=auto`` means here: the CPU kernel's sgemm (``blas``) in
+    float32 on a process with one CPU device when ``mkl_ok()`` says the kernels run on MKL
+    (with OpenBLAS they are no faster than XLA's dot inside the train step); else XLA's dot.
+    An explicit ``blas`` off the CPU is refused here, in one line."""
+    if how == "blas" and backend() != "cpu":
+        raise UserError(f"model.matmul=blas is a CPU kernel; on {backend()} use model.matmul=auto")
+    if how != "auto":
+        return how
+    import jax.numpy as jnp
+
+    single_cpu = backend() == "cpu" and jax.device_count() == 1
+    return "blas" if single_cpu and jnp.dtype(dtype) == jnp.float32 and mkl_ok() else "xla"
 
 
 # --- the mesh ---------------------------------------------------------------------------------

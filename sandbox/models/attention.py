@@ -11,8 +11,8 @@ Implementations:
   diagonal are never computed, which halves the FLOPs and, on XLA:CPU, is much faster
   than the fused-looking but unfused ``dot_product_attention`` (see ``sandbox.bench``).
   Chunk boundaries are static, so the loop unrolls at trace time into L/C matmuls.
-- ``fused``: a C++ kernel for XLA:CPU (``sandbox.models.cpu_attention``, built on first
-  use): one task per block of 64 queries keeps its scores in cache from QK^T to PV, and
+- ``fused``: a C++ kernel for XLA:CPU (``sandbox.models.cpu_kernels``, built on first
+  use): one task per block of queries keeps its scores in cache from QK^T to PV, and
   the backward recomputes them from the row log-sum-exp. Causal and bidirectional masks
   without a window, float32; every other call (structured masks, windows, other dtypes)
   runs the ``chunked`` kernel.
@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from sandbox.core.errors import UserError
-from sandbox.models import cpu_attention
+from sandbox.models import cpu_kernels
 
 MASK_KINDS = ("causal", "bidirectional", "block_diffusion", "prompt")
 
@@ -123,7 +123,7 @@ def resolve_impl(impl: str, dtype) -> str:
     if impl not in IMPLS:
         raise UserError(f"model.attention: unknown value '{impl}' (choose one of {', '.join(IMPLS)})")
     if impl == "fused":
-        ok, why = cpu_attention.status()
+        ok, why = cpu_kernels.status()
         if not ok:
             raise UserError(f"model.attention=fused: the CPU kernel is unavailable ({why}); "
                             "use model.attention=chunked")
@@ -287,9 +287,10 @@ def attend(q, k, v, mask_kind, impl: str = "chunked", chunk: int = 64, window: i
     ``array(l, s) -> bool[l, s]`` or ``bool[B, l, s]``. ``window``: sliding-window width (0: off)."""
     if mask_name(mask_kind) not in MASK_KINDS:
         raise UserError(f"mask kind '{mask_kind}' unknown (choose one of {', '.join(MASK_KINDS)})")
-    if impl == "fused" and isinstance(mask_kind, str) and mask_kind != "block_diffusion" and not window:
-        if cpu_attention.supports(q, k, v, mask_kind == "causal"):
-            return cpu_attention.attention(q, k, v, mask_kind == "causal")
+    plain = isinstance(mask_kind, str) and mask_kind in ("causal", "bidirectional")
+    if impl == "fused" and plain and not window:
+        if cpu_kernels.supports(q, k, v, mask_kind == "causal"):
+            return cpu_kernels.attention(q, k, v, mask_kind == "causal")
     if impl in ("chunked", "fused"):
         return _chunked(q, k, v, mask_kind, chunk, window)
     if impl in ("xla", "cudnn"):

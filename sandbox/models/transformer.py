@@ -72,6 +72,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sandbox.core.errors import UserError
+from sandbox.models import cpu_kernels
 from sandbox.models.attention import (
     MASK_KINDS,
     attend,
@@ -82,6 +83,31 @@ from sandbox.models.attention import (
     resolve_impl,
     step_masks,
 )
+
+MATMULS = ("auto", "xla", "blas")
+
+
+def resolve_matmul(how: str) -> str:
+    """Check ``model.matmul``. ``auto`` is resolved by the build recipe for the machine it runs
+    on (``sandbox.core.mesh.resolve_matmul``); a backbone built directly with ``auto`` gets
+    XLA's dot."""
+    if how not in MATMULS:
+        raise UserError(f"model.matmul: unknown value '{how}' (choose one of {', '.join(MATMULS)})")
+    if how == "blas":
+        ok, why = cpu_kernels.status()
+        if not ok:
+            raise UserError(f"model.matmul=blas: the CPU kernels are unavailable ({why}); "
+                            "use model.matmul=xla")
+    return "xla" if how == "auto" else how
+
+
+def dense(x, w, how: str):
+    """x[N, D] @ w[D, F]: XLA's dot, or with ``how="blas"`` the CPU kernel's sgemm
+    (``cpu_kernels.matmul``) for float32 operands of at least 256 rows (a train step or a full
+    forward; decoding steps of a few rows keep XLA's dot)."""
+    if how == "blas" and x.shape[0] >= 256 and x.dtype == w.dtype == jnp.float32:
+        return cpu_kernels.matmul(x, w)
+    return x @ w
 
 
 def param(rngs: nnx.Rngs, shape, axes, std: float) -> nnx.Param:
@@ -166,6 +192,7 @@ class Attention(nnx.Module):
         self.wv = param(rngs, (d, kh, dh), ("embed", "kv_heads", "head_dim"), std)
         self.wo = param(rngs, (h, dh, d), ("heads", "head_dim", "embed"), cfg["out_std"])
         self.impl, self.chunk, self.dtype = cfg["impl"], cfg["chunk"], cfg["dtype"]
+        self.matmul = cfg.get("matmul", "xla")
         self.n_kv_heads, self.head_dim = kh, dh
         self.window = _cfg_window(cfg, window)
 
@@ -176,7 +203,8 @@ class Attention(nnx.Module):
 
         def proj(w):
             w = w[...]
-            return (x2 @ w.reshape(d, -1).astype(self.dtype)).reshape(b, l, w.shape[1], w.shape[2])
+            out = dense(x2, w.reshape(d, -1).astype(self.dtype), self.matmul)
+            return out.reshape(b, l, w.shape[1], w.shape[2])
 
         q, k, v = proj(self.wq), proj(self.wk), proj(self.wv)
         return rope(q, tables), rope(k, tables), v
@@ -185,7 +213,7 @@ class Attention(nnx.Module):
         """o[B, L, H, Dh] -> [B, L, D]."""
         b, l, h, dh = o.shape
         w = self.wo[...].reshape(h * dh, -1).astype(self.dtype)
-        return (o.reshape(b * l, h * dh) @ w).reshape(b, l, -1)
+        return dense(o.reshape(b * l, h * dh), w, self.matmul).reshape(b, l, -1)
 
     def __call__(self, x, rope, mask_kind):
         q, k, v = self.qkv(x, rope(self.head_dim))
@@ -241,13 +269,14 @@ class SwiGLU(nnx.Module):
         self.w_gate = param(rngs, (d, f), ("embed", "mlp"), std)
         self.w_up = param(rngs, (d, f), ("embed", "mlp"), std)
         self.w_down = param(rngs, (f, d), ("mlp", "embed"), cfg["out_std"])
-        self.dtype = cfg["dtype"]
+        self.dtype, self.matmul = cfg["dtype"], cfg.get("matmul", "xla")
 
     def __call__(self, x):
-        dt, shape = self.dtype, x.shape
+        dt, shape, how = self.dtype, x.shape, self.matmul
         x = x.reshape(-1, shape[-1])  # 2-D matmuls (see Attention.qkv)
-        h = jax.nn.silu(x @ self.w_gate[...].astype(dt)) * (x @ self.w_up[...].astype(dt))
-        return (h @ self.w_down[...].astype(dt)).reshape(shape)
+        gate, up = dense(x, self.w_gate[...].astype(dt), how), dense(x, self.w_up[...].astype(dt), how)
+        h = jax.nn.silu(gate) * up
+        return dense(h, self.w_down[...].astype(dt), how).reshape(shape)
 
 
 # -- time conditioning (adaLN) ------------------------------------------------------------------
@@ -356,8 +385,10 @@ class Transformer(nnx.Module):
       n_kv_heads: key/value heads (GQA); defaults to ``n_heads`` (plain multi-head).
       d_ff: SwiGLU hidden width; defaults to 8/3 d_model rounded up to a multiple of 64.
       max_len: longest sequence the model is asked to handle (checked at call time).
-      attention: ``auto`` | ``xla`` | ``chunked`` | ``cudnn`` (see ``attention.py``).
+      attention: ``auto`` | ``xla`` | ``chunked`` | ``cudnn`` | ``fused`` (see ``attention.py``).
       attn_chunk: query chunk length for ``chunked``.
+      matmul: ``auto`` | ``xla`` | ``blas``: the dense projections' matmuls (``blas``: the CPU
+        kernel's sgemm, ``cpu_kernels.matmul``; ``auto`` picks it on one CPU device with MKL).
       dtype: compute dtype name (``float32`` or ``bfloat16``).
       tie_embeddings: share the input embedding with the output projection.
       tie_rescale: with tied embeddings, divide the final hidden state by sqrt(d_model)
@@ -396,7 +427,8 @@ class Transformer(nnx.Module):
                  dtype: str = "float32", tie_embeddings: bool = False, tie_rescale: bool = True,
                  norm_eps: float = 1e-6, window: int = 0, mixer=None, mlp=None,
                  time_conditioning: bool = False, mask_id: int | None = None,
-                 logit_shift: bool = False, rngs: nnx.Rngs, name: str = "transformer"):
+                 logit_shift: bool = False, matmul: str = "auto", rngs: nnx.Rngs,
+                 name: str = "transformer"):
         n_kv_heads = n_kv_heads or n_heads
         if d_model % n_heads:
             raise UserError(f"model.n_heads={n_heads} must divide model.d_model={d_model}")
@@ -418,6 +450,7 @@ class Transformer(nnx.Module):
         cfg = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
                    head_dim=d_model // n_heads, d_ff=d_ff, rope_base=rope_base,
                    impl=resolve_impl(attention, cdt), chunk=attn_chunk, dtype=cdt,
+                   matmul=resolve_matmul(matmul),
                    window=int(window), max_len=max_len, norm_eps=float(norm_eps),
                    out_std=1.0 / math.sqrt(d_model) / math.sqrt(2 * n_layers))
         self.cfg = cfg
@@ -490,7 +523,11 @@ class Transformer(nnx.Module):
         if self.tie and self.tie_rescale:
             h = h / math.sqrt(h.shape[-1])
         b, l, d = h.shape
-        out = jnp.dot(h.reshape(b * l, d), w.astype(self.dtype), preferred_element_type=jnp.float32)
+        h2, w = h.reshape(b * l, d), w.astype(self.dtype)
+        if self.dtype == jnp.float32:
+            out = dense(h2, w, self.cfg["matmul"])
+        else:
+            out = jnp.dot(h2, w, preferred_element_type=jnp.float32)
         return out.reshape(b, l, -1)[..., : self.vocab_size]
 
     def __call__(self, tokens, *, mask_kind: str = "causal", positions=None, t=None):

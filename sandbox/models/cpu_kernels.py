@@ -1,4 +1,4 @@
-"""Fused attention on XLA:CPU: a C++ kernel (``cpu_attention.cc``) called through the XLA FFI.
+"""CPU kernels for XLA:CPU: C++ functions (``cpu_kernels.cc``) called through the XLA FFI.
 
 ``attention(q, k, v, causal)`` with ``q[B, L, H, D]``, ``k[B, S, K, D]``, ``v[B, S, K, Dv]``
 (``H % K == 0``, ``S >= L``, float32) returns ``[B, L, H, Dv]``: softmax attention with a
@@ -10,24 +10,33 @@ docs/design.md ("Training speed against PyTorch"): XLA:CPU materialises the scor
 and spends most of attention's time in memory-bound passes over them; the kernel keeps a
 block of queries' scores in cache from the QK^T matmul through the PV matmul.
 
+``matmul(a, b)``: ``a[M, K] @ b[K, N]`` float32, differentiable (its backward is two more
+calls of the same kernel), split over XLA's threads. It is the backbone's dense matmul under
+``model.matmul=blas``; it pays off only with MKL's ``sgemm`` (about 1.08x on the tiny train
+step; with OpenBLAS no faster than XLA's own dot), so ``model.matmul=auto`` picks it only
+where MKL is installed (``pip install -e '.[mkl]'``).
+
 Build and load (once per process, on first use):
 - the source is compiled with the system C++ compiler (``$CXX`` or ``g++``) against JAX's
   FFI headers (``jax.ffi.include_dir()``), ``-O3 -march=native -ffast-math`` (vectorised
   ``exp``; compiled and linked in two steps, so the library does not switch the process to
-  flush-to-zero as a ``-ffast-math`` link does), into a cache folder (``$SANDBOX_KERNEL_CACHE``, else
-  ``~/.cache/jax-diffusion-sandbox/kernels``) under a name hashed from the source, the
-  flags, jaxlib's version and the CPU, so a rebuild happens only when one of them changes;
-  the file is written under a temporary name and renamed, so concurrent builds are safe;
-- the matmuls are OpenBLAS's ``sgemm`` from the ``scipy-openblas32`` wheel (a dependency),
-  its own copy (NumPy's is left alone), set to one thread: the parallelism comes from
-  XLA's intra-op thread pool, so the kernel never competes with XLA for the cores;
-- ``status()`` says whether the kernel is usable and, if not, why (no compiler, the build
-  failed, no OpenBLAS). Nothing here raises: ``model.attention=auto`` then keeps the
-  portable chunked kernel, and an explicit ``model.attention=fused`` is refused in one
-  line by ``attention.resolve_impl``.
+  flush-to-zero as a ``-ffast-math`` link does), into a cache folder
+  (``$SANDBOX_KERNEL_CACHE``, else ``~/.cache/jax-diffusion-sandbox/kernels``) under a name
+  hashed from the source, the flags, jaxlib's version and the CPU, so a rebuild happens only
+  when one of them changes; the file is written under a temporary name and renamed, so
+  concurrent builds are safe;
+- the matmuls inside are a single-threaded ``sgemm``: MKL's (the optional ``mkl`` extra,
+  sequential threading layer) where it is installed, else OpenBLAS's from the
+  ``scipy-openblas32`` wheel (a dependency; its own copy, NumPy's is left alone);
+  ``SANDBOX_CPU_BLAS=openblas`` forces the latter. The parallelism comes from XLA's
+  intra-op thread pool, so the kernels never compete with XLA for the cores;
+- ``status()`` says whether the kernels are usable and, if not, why (no compiler, the build
+  failed, no BLAS); ``blas()`` names the BLAS. Nothing here raises: ``model.attention=auto``
+  then keeps the portable chunked kernel and ``model.matmul=auto`` XLA's dot, and an
+  explicit ``fused`` / ``blas`` is refused in one line.
 
-The custom call is not partitioned over a mesh (XLA would gather its operands), so
-``model.attention=auto`` picks it only on a single CPU device (``sandbox.core.mesh``).
+The custom calls are not partitioned over a mesh (XLA would gather their operands), so the
+``auto`` settings pick them only on a single CPU device (``sandbox.core.mesh``).
 """
 
 from __future__ import annotations
@@ -48,10 +57,10 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-SOURCE = Path(__file__).with_name("cpu_attention.cc")
+SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-std=c++17", "-fPIC", "-w")
 LINK = ("-shared",)
-FORWARD, BACKWARD = "sandbox_attention_fwd", "sandbox_attention_bwd"
+FORWARD, BACKWARD, MATMUL = "sandbox_attention_fwd", "sandbox_attention_bwd", "sandbox_matmul"
 _STATE: dict = {}
 
 
@@ -80,7 +89,7 @@ def _build() -> Path:
     include = jax.ffi.include_dir()
     key = hashlib.sha256("\n".join([SOURCE.read_text(), exe, *FLAGS, jaxlib.__version__, include,
                                     *LINK, _cpu_id()]).encode()).hexdigest()[:16]
-    out = cache_dir() / f"cpu_attention-{key}.so"
+    out = cache_dir() / f"cpu_kernels-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -114,20 +123,58 @@ def _openblas_sgemm() -> int:
     return ctypes.cast(lib.scipy_cblas_sgemm, ctypes.c_void_p).value
 
 
+def _mkl_sgemm() -> int | None:
+    """The address of MKL's LP64 ``cblas_sgemm`` on its sequential threading layer, or None
+    where the ``mkl`` wheel is not installed."""
+    from importlib import metadata
+
+    try:
+        files = metadata.files("mkl") or []
+    except metadata.PackageNotFoundError:
+        return None
+    rt = [f for f in files if f.name.startswith("libmkl_rt.so")]
+    if not rt:
+        return None
+    lib = ctypes.CDLL(str(rt[0].locate()), mode=ctypes.RTLD_GLOBAL)
+    lib.MKL_Set_Threading_Layer(1)  # MKL_THREADING_SEQUENTIAL, before any MKL call
+    lib.MKL_Set_Interface_Layer(0)  # MKL_INTERFACE_LP64: 32-bit integers
+    return ctypes.cast(lib.cblas_sgemm, ctypes.c_void_p).value
+
+
+def _sgemm() -> tuple[int, str]:
+    forced = os.environ.get("SANDBOX_CPU_BLAS", "")
+    if forced not in ("", "mkl", "openblas"):
+        raise RuntimeError(f"SANDBOX_CPU_BLAS={forced}: choose mkl or openblas")
+    if forced != "openblas":
+        mkl = _mkl_sgemm()
+        if mkl is not None:
+            return mkl, "mkl"
+        if forced == "mkl":
+            raise RuntimeError("SANDBOX_CPU_BLAS=mkl but the mkl wheel is not installed "
+                               "(pip install -e '.[mkl]')")
+    return _openblas_sgemm(), "openblas"
+
+
 def status() -> tuple[bool, str]:
-    """(usable, reason). Builds, loads and registers the kernel the first time it is asked."""
+    """(usable, reason). Builds, loads and registers the kernels the first time it is asked."""
     if "ok" not in _STATE:
         try:
             lib = ctypes.CDLL(str(_build()))
-            lib.sandbox_set_sgemm(ctypes.c_void_p(_openblas_sgemm()))
-            jax.ffi.register_ffi_target(FORWARD, jax.ffi.pycapsule(lib.SandboxAttentionForward),
-                                        platform="cpu")
-            jax.ffi.register_ffi_target(BACKWARD, jax.ffi.pycapsule(lib.SandboxAttentionBackward),
-                                        platform="cpu")
-            _STATE.update(ok=True, reason="", lib=lib)  # keep the library loaded
+            address, blas_name = _sgemm()
+            lib.sandbox_set_sgemm(ctypes.c_void_p(address))
+            for name, fn in ((FORWARD, lib.SandboxAttentionForward), (BACKWARD, lib.SandboxAttentionBackward),
+                             (MATMUL, lib.SandboxMatmul)):
+                jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(fn), platform="cpu")
+            _STATE.update(ok=True, reason="", lib=lib, blas=blas_name)  # keep the library loaded
         except (ImportError, OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
-            _STATE.update(ok=False, reason=str(e) or type(e).__name__)
+            _STATE.update(ok=False, reason=str(e) or type(e).__name__, blas="")
     return _STATE["ok"], _STATE["reason"]
+
+
+def blas() -> str:
+    """``mkl`` or ``openblas``: the sgemm the kernels call ("" when they are unavailable)."""
+    status()
+    return _STATE["blas"]
 
 
 def supports(q, k, v, causal: bool) -> bool:
@@ -178,5 +225,32 @@ def attention(q, k, v, causal: bool):
     """q[B, L, H, D], k[B, S, K, D], v[B, S, K, Dv] -> [B, L, H, Dv] (see the module doc).
     A bidirectional mask is None; a causal query i sees keys j <= i + S - L."""
     if not supports(q, k, v, causal):
-        raise ValueError("cpu_attention.attention: unsupported call (check supports() first)")
+        raise ValueError("cpu_kernels.attention: unsupported call (check supports() first)")
     return _fused(q * (1.0 / math.sqrt(q.shape[-1])), k, v, bool(causal))
+
+
+def _mm(a, b, ta: bool = False, tb: bool = False):
+    m = a.shape[1] if ta else a.shape[0]
+    n = b.shape[0] if tb else b.shape[1]
+    return jax.ffi.ffi_call(MATMUL, jax.ShapeDtypeStruct((m, n), jnp.float32),
+                            vmap_method="sequential")(a, b, ta=ta, tb=tb)
+
+
+@jax.custom_vjp
+def matmul(a, b):
+    """a[M, K] @ b[K, N] -> [M, N], float32, through the kernel's sgemm (check ``status()``
+    first). Backward: da = g b^T, db = a^T g, the same kernel with transposed operands."""
+    return _mm(a, b)
+
+
+def _matmul_fwd(a, b):
+    return _mm(a, b), (a, b)
+
+
+def _matmul_bwd(res, g):
+    a, b = res
+    g = g.astype(jnp.float32)
+    return _mm(g, b, tb=True), _mm(a, g, ta=True)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)

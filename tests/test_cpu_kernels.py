@@ -1,4 +1,4 @@
-"""The fused CPU attention kernel (sandbox/models/cpu_attention.py and .cc).
+"""The fused CPU attention kernel (sandbox/models/cpu_kernels.py and .cc).
 
 Values and gradients against the portable chunked kernel over the shapes the backbones
 produce (grouped-query heads, queries aligned to the end of longer keys, value widths other
@@ -25,7 +25,7 @@ from sandbox.core.errors import UserError
 from sandbox.core.mesh import resolve_attention
 from sandbox.data.tokenizers import ByteTokenizer
 from sandbox.models import attention as A
-from sandbox.models import cpu_attention as C
+from sandbox.models import cpu_kernels as C
 
 
 def _qkv(b, l, h, kh, s, d, dv, seed=0):
@@ -164,3 +164,100 @@ def test_loading_the_kernel_keeps_denormals():
     thread to flush-to-zero: NumPy in the main thread would then lose every denormal."""
     need_cpu_kernel()
     assert np.float32(1e-40) * np.float32(1.5) > 0
+
+
+# --- the dense matmul (model.matmul=blas) --------------------------------------------------------
+@pytest.mark.parametrize("shape", [(300, 64, 96), (256, 96, 40), (17, 5, 300)])
+def test_matmul_values_and_gradients_match_xla(shape):
+    """Whatever BLAS the kernels load (OpenBLAS in CI, MKL where the extra is installed); the
+    shapes split along rows (M >= N) and along columns (M < N), with uneven pieces."""
+    need_cpu_kernel()
+    m, k, n = shape
+    rng = np.random.default_rng(1)
+    a = jnp.asarray(rng.standard_normal((m, k), dtype=np.float32))
+    b = jnp.asarray(rng.standard_normal((k, n), dtype=np.float32))
+    np.testing.assert_allclose(np.asarray(C.matmul(a, b)), np.asarray(a @ b), rtol=1e-5, atol=1e-4)
+    loss = lambda f: (lambda a, b: jnp.sum(jnp.sin(f(a, b))))  # noqa: E731
+    got = jax.jit(jax.grad(loss(C.matmul), (0, 1)))(a, b)
+    want = jax.jit(jax.grad(loss(jnp.matmul), (0, 1)))(a, b)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-4)
+
+
+def test_the_model_routes_large_float32_matmuls_only():
+    from sandbox.models.transformer import dense
+
+    need_cpu_kernel()
+    w = jnp.ones((8, 4), jnp.float32)
+    big = lambda x: str(jax.make_jaxpr(lambda x: dense(x, w, "blas"))(x))  # noqa: E731
+    assert C.MATMUL in big(jnp.ones((256, 8), jnp.float32))
+    assert C.MATMUL not in big(jnp.ones((16, 8), jnp.float32))  # a decoding step: XLA's dot
+    assert C.MATMUL not in big(jnp.ones((256, 8), jnp.bfloat16))
+    assert C.MATMUL not in str(jax.make_jaxpr(lambda x: dense(x, w, "xla"))(jnp.ones((256, 8))))
+
+
+def test_blas_matmul_trains_to_the_same_losses_as_xla():
+    """Three steps of the trainer's step with model.matmul=blas equal model.matmul=xla's."""
+    from sandbox.bench.train_step import build_point
+    from sandbox.core.step import make_train_step
+
+    need_cpu_kernel()
+    losses = {}
+    for how in ("xla", "blas"):
+        b = build_point("tiny", "ar", batch_size=4, seq_len=64,
+                        overrides=["model.d_model=64", "model.n_layers=2", "model.n_heads=2",
+                                   "model.n_kv_heads=2", f"model.matmul={how}"])
+        assert b.model.cfg["matmul"] == how
+        state = b.init_state()
+        step = make_train_step(b.graphdef, b.objective, b.tx, 0.999, b.layout, state)
+        jaxpr = str(jax.make_jaxpr(step)(state, np.zeros((4, 64), np.int32), jax.random.PRNGKey(0)))
+        assert (C.MATMUL in jaxpr) == (how == "blas")
+        rng, out = np.random.default_rng(0), []
+        for i in range(3):
+            batch = rng.integers(0, 256, (4, 64)).astype(np.int32)
+            state, m = step(state, batch, jax.random.fold_in(jax.random.PRNGKey(0), i))
+            out.append(float(m["loss"]))
+        losses[how] = out
+    assert losses["blas"] == pytest.approx(losses["xla"], rel=2e-5)
+
+
+def test_auto_matmul_picks_blas_only_with_mkl(monkeypatch):
+    from sandbox.core.mesh import resolve_matmul
+
+    need_cpu_kernel()
+    assert resolve_matmul("auto", "float32", mkl_ok=lambda: True) == "blas"
+    assert resolve_matmul("auto", "float32", mkl_ok=lambda: False) == "xla"
+    assert resolve_matmul("auto", "bfloat16", mkl_ok=lambda: True) == "xla"
+    want = "blas" if C.blas() == "mkl" else "xla"
+    assert build_model(compose(TINY), ByteTokenizer(), 0).cfg["matmul"] == want
+
+
+def test_an_unknown_matmul_or_blas_without_kernels_is_one_line(monkeypatch, tmp_path):
+    from sandbox.models.transformer import resolve_matmul
+
+    with pytest.raises(UserError, match="model.matmul: unknown value 'mkl'"):
+        resolve_matmul("mkl")
+    monkeypatch.setattr(C, "_STATE", {})
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    monkeypatch.setenv("SANDBOX_KERNEL_CACHE", str(tmp_path))
+    with pytest.raises(UserError) as e:
+        resolve_matmul("blas")
+    assert "\n" not in str(e.value) and "model.matmul=xla" in str(e.value)
+
+
+def test_a_bad_blas_choice_is_reported(monkeypatch):
+    monkeypatch.setattr(C, "_STATE", {})
+    monkeypatch.setenv("SANDBOX_CPU_BLAS", "atlas")
+    ok, why = C.status()
+    assert not ok and "SANDBOX_CPU_BLAS=atlas" in why
+
+
+def test_mkl_is_used_where_it_is_installed():
+    from importlib import metadata
+
+    need_cpu_kernel()
+    try:
+        metadata.version("mkl")
+    except metadata.PackageNotFoundError:
+        pytest.skip("the mkl extra is not installed (pip install -e '.[mkl]')")
+    assert C.blas() == "mkl"

@@ -1,5 +1,7 @@
-// Fused multi-head attention for XLA:CPU, called through the XLA FFI (sandbox/models/cpu_attention.py).
+// CPU kernels for XLA:CPU, called through the XLA FFI (sandbox/models/cpu_kernels.py): fused
+// multi-head attention (forward and backward) and a 2-D matmul.
 //
+// Attention.
 // Why: XLA:CPU runs attention as separate ops over materialised [B, K, M, S] score tensors
 // (matmul, mask, max, exp, sum, matmul), memory-bound passes that made attention about half of
 // the CPU train step (docs/design.md, "Training speed against PyTorch"). Here one task handles
@@ -34,7 +36,8 @@
 
 namespace ffi = xla::ffi;
 
-// cblas_sgemm with 32-bit integers (scipy-openblas32's scipy_cblas_sgemm)
+// cblas_sgemm with 32-bit integers (MKL's LP64 cblas_sgemm or scipy-openblas32's scipy_cblas_sgemm),
+// single-threaded: the loader sets it once
 typedef void (*sgemm_t)(int, int, int, int, int, int, float, const float*, int, const float*, int,
                         float, float*, int);
 static sgemm_t g_sgemm = nullptr;
@@ -91,7 +94,8 @@ ffi::Error check(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k,
                  const ffi::Buffer<ffi::F32>& v, int64_t block) {
   auto dq = q.dimensions(), dk = k.dimensions(), dv = v.dimensions();
   if (dq.size() != 4 || dk.size() != 4 || dv.size() != 4 || dk[2] == 0 || dq[2] % dk[2] ||
-      dk[1] < dq[1] || block < 1 || dq[0] != dk[0] || dk[0] != dv[0] || dk[1] != dv[1] || dk[2] != dv[2] || dq[3] != dk[3])
+      dk[1] < dq[1] || block < 1 || dq[0] != dk[0] || dk[0] != dv[0] || dk[1] != dv[1] ||
+      dk[2] != dv[2] || dq[3] != dk[3])
     return ffi::Error::InvalidArgument("sandbox attention: expected q[B,L,H,D], k[B,S,K,D], "
                                        "v[B,S,K,Dv] with H % K == 0, S >= L and block >= 1");
   if (g_sgemm == nullptr) return ffi::Error::Internal("sandbox attention: sgemm not set");
@@ -155,7 +159,6 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
   const float *pq = q.typed_data(), *pk = k.typed_data(), *pv = v.typed_data();
   const float *po = out.typed_data(), *pl = lse.typed_data(), *pdo = dout.typed_data();
   float *pdq = dq->typed_data(), *pdk = dk->typed_data(), *pdv = dv->typed_data();
-  const int64_t blocks = (z.l + block - 1) / block;
   parallel(pool, z.b * z.kh, [&](int64_t task) {
     const int64_t b = task / z.kh, kv = task % z.kh;
     const float* kb = pk + (b * z.s * z.kh + kv) * z.d;
@@ -203,6 +206,36 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
   });
   return ffi::Error::Success();
 }
+
+// C[M, N] = op(A) op(B) (op: transpose or not), split along the longer of M and N into one piece
+// per thread of XLA's pool, each a single-threaded sgemm. One piece per thread was the fastest of
+// 1, 2 and 4 per thread inside the train step (docs/design.md, "Training speed against PyTorch").
+ffi::Error Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                  ffi::ResultBuffer<ffi::F32> c, bool ta, bool tb) {
+  auto da = a.dimensions(), db = b.dimensions(), dc = c->dimensions();
+  if (da.size() != 2 || db.size() != 2 || dc.size() != 2 ||
+      (ta ? da[0] : da[1]) != (tb ? db[1] : db[0]) || dc[0] != (ta ? da[1] : da[0]) ||
+      dc[1] != (tb ? db[0] : db[1]))
+    return ffi::Error::InvalidArgument("sandbox matmul: expected 2-D operands of matching shapes");
+  if (g_sgemm == nullptr) return ffi::Error::Internal("sandbox matmul: sgemm not set");
+  const int64_t m = dc[0], n = dc[1], k = ta ? da[0] : da[1], lda = da[1], ldb = db[1];
+  const float *pa = a.typed_data(), *pb = b.typed_data();
+  float* pc = c->typed_data();
+  const bool rows = m >= n;
+  const int64_t len = rows ? m : n, pieces = std::max<int64_t>(1, pool.num_threads());
+  const int64_t step = ((len + pieces - 1) / pieces + 15) / 16 * 16;  // multiples of 16
+  const int op_a = ta ? kTrans : kNo, op_b = tb ? kTrans : kNo;
+  parallel(pool, (len + step - 1) / step, [&](int64_t p) {
+    const int64_t r0 = p * step, r1 = std::min(len, r0 + step);
+    if (rows)  // rows r0..r1 of C: rows of A, or columns of a transposed A
+      g_sgemm(kRowMajor, op_a, op_b, r1 - r0, n, k, 1.f, ta ? pa + r0 : pa + r0 * lda, lda, pb, ldb,
+              0.f, pc + r0 * n, n);
+    else  // columns r0..r1 of C: columns of B, or rows of a transposed B
+      g_sgemm(kRowMajor, op_a, op_b, m, r1 - r0, k, 1.f, pa, lda, tb ? pb + r0 * ldb : pb + r0, ldb,
+              0.f, pc + r0, n);
+  });
+  return ffi::Error::Success();
+}
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SandboxAttentionForward, Forward,
@@ -230,3 +263,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SandboxAttentionBackward, Backward,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<bool>("causal")
                                   .Attr<int64_t>("block"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SandboxMatmul, Matmul,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("ta")
+                                  .Attr<bool>("tb"));
