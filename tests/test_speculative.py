@@ -40,8 +40,19 @@ def _spec(model_fn, params, z, **kw):
     return np.asarray(tokens), int(nfe), int(computed)
 
 
-@pytest.mark.parametrize("window,tau", [(1, 0.0), (3, 0.0), (3, 0.5), (16, 0.0)])
-@pytest.mark.parametrize("masked", [1.0, 0.6], ids=["generate", "infill"])
+SLOW = pytest.mark.slow  # the default suite keeps one case per window (CI's 10-minute budget)
+
+
+@pytest.mark.parametrize("window,tau,masked", [
+    pytest.param(1, 0.0, 1.0, id="generate-1-0.0"),
+    pytest.param(1, 0.0, 0.6, id="infill-1-0.0", marks=SLOW),
+    pytest.param(3, 0.0, 1.0, id="generate-3-0.0", marks=SLOW),
+    pytest.param(3, 0.0, 0.6, id="infill-3-0.0", marks=SLOW),
+    pytest.param(3, 0.5, 1.0, id="generate-3-0.5"),
+    pytest.param(3, 0.5, 0.6, id="infill-3-0.5"),
+    pytest.param(16, 0.0, 1.0, id="generate-16-0.0", marks=SLOW),
+    pytest.param(16, 0.0, 0.6, id="infill-16-0.0"),
+])
 def test_output_is_strict_left_to_right_decoding(window, tau, masked):
     graphdef, params = _split(SHIFTED)
     fn = lambda p: nnx.merge(graphdef, p)  # noqa: E731

@@ -27,8 +27,10 @@ REFERENCE = {
 }
 
 
-@pytest.mark.parametrize("attention", ["chunked", "fused"])
-@pytest.mark.parametrize("objective", sorted(REFERENCE))
+# bd3lm's block-diffusion mask is structured: model.attention=fused runs the chunked kernel for it
+@pytest.mark.parametrize("objective,attention", [(o, a) for o in sorted(REFERENCE)
+                                                 for a in ("chunked", "fused")
+                                                 if not (o == "bd3lm" and a == "fused")])
 def test_three_steps_reproduce_the_recorded_losses(objective, attention):
     if attention == "fused":
         need_cpu_kernel()

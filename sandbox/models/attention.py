@@ -123,10 +123,7 @@ def resolve_impl(impl: str, dtype) -> str:
     if impl not in IMPLS:
         raise UserError(f"model.attention: unknown value '{impl}' (choose one of {', '.join(IMPLS)})")
     if impl == "fused":
-        ok, why = cpu_kernels.status()
-        if not ok:
-            raise UserError(f"model.attention=fused: the CPU kernel is unavailable ({why}); "
-                            "use model.attention=chunked")
+        cpu_kernels.require("model.attention=fused", "model.attention=chunked")
     return "chunked" if impl == "auto" else impl
 
 

@@ -57,6 +57,8 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from sandbox.core.errors import UserError
+
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-std=c++17", "-fPIC", "-w")
 LINK = ("-shared",)
@@ -169,6 +171,14 @@ def status() -> tuple[bool, str]:
         except (ImportError, OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
             _STATE.update(ok=False, reason=str(e) or type(e).__name__, blas="")
     return _STATE["ok"], _STATE["reason"]
+
+
+def require(setting: str, fallback: str) -> None:
+    """Refuse ``setting`` (e.g. ``model.attention=fused``) in one line where the kernels are
+    unavailable, naming the reason and the ``fallback`` setting."""
+    ok, why = status()
+    if not ok:
+        raise UserError(f"{setting}: the CPU kernels are unavailable ({why}); use {fallback}")
 
 
 def blas() -> str:

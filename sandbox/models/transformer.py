@@ -94,10 +94,7 @@ def resolve_matmul(how: str) -> str:
     if how not in MATMULS:
         raise UserError(f"model.matmul: unknown value '{how}' (choose one of {', '.join(MATMULS)})")
     if how == "blas":
-        ok, why = cpu_kernels.status()
-        if not ok:
-            raise UserError(f"model.matmul=blas: the CPU kernels are unavailable ({why}); "
-                            "use model.matmul=xla")
+        cpu_kernels.require("model.matmul=blas", "model.matmul=xla")
     return "xla" if how == "auto" else how
 
 
