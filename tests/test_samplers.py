@@ -81,6 +81,7 @@ def test_exact_sampling_passes_a_chi_square_test_on_the_tail(exact_counts):
     assert obs[4] > 0  # the band 17.5 nats down is reached at all
 
 
+@pytest.mark.slow  # the control of the test above (9 s): out of the default suite's 10-minute budget
 def test_the_same_test_fails_for_the_float32_truncating_form(exact_counts):
     obs, exp = _band_counts("fp32_truncating")
     chi2, dof = _tail_chi2(obs, exp)
