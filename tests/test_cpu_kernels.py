@@ -266,3 +266,18 @@ def test_mkl_is_used_where_it_is_installed():
     except metadata.PackageNotFoundError:
         pytest.skip("the mkl extra is not installed (pip install -e '.[mkl]')")
     assert C.blas() == "mkl"
+
+
+def test_cpu_kernels_are_refused_off_the_cpu_and_auto_avoids_them(monkeypatch):
+    """On a GPU backend an explicit fused / blas is one line; auto never asks for the kernels."""
+    from sandbox.core import mesh
+
+    monkeypatch.setattr(mesh, "backend", lambda: "gpu")
+    asked = []
+    for fn, field, kernel in ((mesh.resolve_attention, "model.attention", "fused"),
+                              (mesh.resolve_matmul, "model.matmul", "blas")):
+        with pytest.raises(UserError) as e:
+            fn(kernel, "float32")
+        assert "\n" not in str(e.value) and f"{field}=auto" in str(e.value) and "gpu" in str(e.value)
+        assert fn("auto", "float32", lambda f=field: asked.append(f) or True) not in ("fused", "blas")
+    assert asked == []

@@ -184,7 +184,7 @@ def bench_train(model_name: str, objective_name: str, batch_size: int = 32, seq_
     dev = device_info()
     row = {"kind": "train", "model": model_label, "objective": objective.name,
            "attention": impl, "matmul": matmul,
-           "cpu_blas": cpu_kernels.blas() if device_info()["backend"] == "cpu" else "",
+           "cpu_blas": cpu_kernels.blas() if dev["backend"] == "cpu" else "",
            "dtype": dtype, "batch": batch_size, "seq": seq_len,
            "mesh": layout.name, "mesh_shape": dict(layout.mesh.shape), "devices": dev["devices"],
            "overrides": list(overrides), "params": n_params, "flops_per_token": fpt,

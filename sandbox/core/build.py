@@ -107,15 +107,14 @@ def check_fields(objective, batches, data_name: str) -> None:
 
 
 def build_model(cfg, tokenizer, seed: int):
-    """The backbone, its vocabulary from the tokenizer and ``attention=auto`` resolved for the
-    backend it will run on."""
-    kw = {}
+    """The backbone, its vocabulary from the tokenizer and ``attention`` / ``matmul=auto``
+    resolved for the backend it will run on."""
+    kw, dtype = {}, str(cfg.model.get("dtype") or "float32")
     if cfg.model.get("attention") in ("auto", "fused"):
-        dtype = str(cfg.model.get("dtype") or "float32")
         kw["attention"] = resolve_attention(str(cfg.model.attention), dtype,
                                             fused_ok=lambda: cpu_kernels.status()[0])
     if cfg.model.get("matmul") in ("auto", "blas"):
-        kw["matmul"] = resolve_matmul(str(cfg.model.matmul), str(cfg.model.get("dtype") or "float32"),
+        kw["matmul"] = resolve_matmul(str(cfg.model.matmul), dtype,
                                       mkl_ok=lambda: cpu_kernels.blas() == "mkl")
     node = cfg.model
     if "weights" in node:  # where the initial weights come from (sandbox.core.runs.warm_start), not an option

@@ -217,8 +217,7 @@ def resolve_attention(impl: str, dtype, fused_ok=lambda: False) -> str:
     ``fused_ok()`` says it built (its custom call is not partitioned over a mesh); else the
     portable chunked kernel. The backbone gets the resolved name (it never asks the backend
     itself). An explicit ``fused`` off the CPU is refused here, in one line."""
-    if impl == "fused" and backend() != "cpu":
-        raise UserError(f"model.attention=fused is a CPU kernel; on {backend()} use model.attention=auto")
+    _cpu_only("model.attention", impl, "fused")
     if impl != "auto":
         return impl
     import jax.numpy as jnp
@@ -226,9 +225,7 @@ def resolve_attention(impl: str, dtype, fused_ok=lambda: False) -> str:
     dt = jnp.dtype(dtype)
     if backend() == "gpu" and dt in (jnp.bfloat16, jnp.float16):
         return "cudnn"
-    if backend() == "cpu" and dt == jnp.float32 and jax.device_count() == 1 and fused_ok():
-        return "fused"
-    return "chunked"
+    return "fused" if _one_cpu_device(dt) and fused_ok() else "chunked"
 
 
 def resolve_matmul(how: str, dtype, mkl_ok=lambda: False) -> str:
@@ -236,14 +233,24 @@ def resolve_matmul(how: str, dtype, mkl_ok=lambda: False) -> str:
     float32 on a process with one CPU device when ``mkl_ok()`` says the kernels run on MKL
     (with OpenBLAS they are no faster than XLA's dot inside the train step); else XLA's dot.
     An explicit ``blas`` off the CPU is refused here, in one line."""
-    if how == "blas" and backend() != "cpu":
-        raise UserError(f"model.matmul=blas is a CPU kernel; on {backend()} use model.matmul=auto")
+    _cpu_only("model.matmul", how, "blas")
     if how != "auto":
         return how
+    return "blas" if _one_cpu_device(dtype) and mkl_ok() else "xla"
+
+
+def _cpu_only(field: str, value: str, kernel: str) -> None:
+    """Refuse ``field=kernel`` (a C++ CPU kernel, ``sandbox.models.cpu_kernels``) off the CPU."""
+    if value == kernel and backend() != "cpu":
+        raise UserError(f"{field}={kernel} is a CPU kernel; on {backend()} use {field}=auto")
+
+
+def _one_cpu_device(dtype) -> bool:
+    """Where ``auto`` may pick a CPU kernel: float32 on a process with one CPU device (their
+    custom calls are not partitioned over a mesh)."""
     import jax.numpy as jnp
 
-    single_cpu = backend() == "cpu" and jax.device_count() == 1
-    return "blas" if single_cpu and jnp.dtype(dtype) == jnp.float32 and mkl_ok() else "xla"
+    return backend() == "cpu" and jax.device_count() == 1 and jnp.dtype(dtype) == jnp.float32
 
 
 # --- the mesh ---------------------------------------------------------------------------------
