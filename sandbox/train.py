@@ -24,6 +24,12 @@ written by ``sandbox.core.runfiles``; this module only orders those pieces.
 
 from __future__ import annotations
 
+from sandbox.core import host_memory
+
+# first, before NumPy and JAX start threads: a training process keeps the memory each step frees
+# for the next (sandbox.core.host_memory; a no-op where this module is imported later, as in tests)
+host_memory.keep_freed_memory()
+
 import math
 import shutil
 import sys

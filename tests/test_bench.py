@@ -113,6 +113,8 @@ def test_profile_writes_a_table_with_every_category(tmp_path):
     assert row["profile"].endswith("profile-tiny-ar.md")
     for k in KINDS:
         assert f"| {k} |" in table
+    from sandbox.core import host_memory
+    assert row["malloc"] == host_memory.status()["mode"]  # the row says how host memory was kept
     ops = [json.loads(x) for x in open(row["profile"].replace(".md", ".jsonl"))]
     by_kind = {k: sum(o["ms"] for o in ops if o["kind"] == k) for k in KINDS}
     by_phase = {p: sum(o["ms"] for o in ops if o["phase"] == p) for p in PHASES}
@@ -124,6 +126,20 @@ def test_profile_writes_a_table_with_every_category(tmp_path):
                for o in ops if o["kind"] == "attention")
     traces = list((tmp_path / next(tmp_path.iterdir()).name).glob("trace-tiny-ar/**/*.trace.json.gz"))
     assert traces  # the file Perfetto / TensorBoard open
+
+
+def test_profile_names_the_cpu_kernels_custom_calls_by_their_target():
+    """The CPU kernels' custom calls carry the kernel's module, not the layer, on their stack:
+    their kind comes from the custom-call target (a matmul call counted as elementwise before)."""
+    from sandbox.bench.profile import kind_of
+
+    def call(target):
+        return {"opcode": "custom-call", "op_name": "transpose(jvp())/ffi_call", "target": target,
+                "custom": False, "stack": [("/x/sandbox/models/transformer.py", "dense", 106)]}
+
+    assert kind_of(call("sandbox_matmul")) == "matmul"
+    assert kind_of(call("sandbox_attention_bwd")) == "attention"
+    assert kind_of(call("something_else")) == "elementwise"
 
 
 def test_profile_that_cannot_run_is_one_warning_and_the_row_stays(tmp_path, monkeypatch, capsys):

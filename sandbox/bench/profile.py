@@ -125,8 +125,11 @@ def phase_of(op_name: str) -> str:
 
 def kind_of(info: dict) -> str:
     """One of KINDS (module doc)."""
-    if info.get("target", "").startswith("sandbox_attention"):  # the fused CPU kernel's custom calls
+    target = info.get("target", "")  # the CPU kernels' custom calls (sandbox.models.cpu_kernels)
+    if target.startswith("sandbox_attention"):
         return "attention"
+    if target.startswith("sandbox_matmul"):
+        return "matmul"
     for file, func, _ in info["stack"]:  # innermost first: the most specific sandbox function
         if "/sandbox/" not in file:
             continue

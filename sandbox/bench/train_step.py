@@ -43,6 +43,7 @@ import numpy as np
 from sandbox.bench.peak import check_gflops, matmul_timer
 from sandbox.bench.profile import profile_step
 from sandbox.bench.results import loadavg
+from sandbox.core import host_memory
 from sandbox.core.build import Built, build, compose
 from sandbox.core.errors import UserError
 from sandbox.core.mesh import device_info, resolve_attention
@@ -142,10 +143,11 @@ def bench_train(model_name: str, objective_name: str, batch_size: int = 32, seq_
     divide by; when None it is measured here, in the model's dtype, interleaved with the
     timed steps (``peak_repeats`` ``peak_n``-sized matmuls after each step, best of them).
 
-    Returns a row: model, objective, attention (the resolved kernel), dtype, batch, seq,
-    mesh, params (non-embedding), flops_per_token, compile_s, step_ms (median; min / max
-    too), tokens_per_s, gflops (achieved), peak_gflops, mfu (fraction), mfu_best (fastest
-    step), loss (last step), load averages, and the raw step and peak samples.
+    Returns a row: model, objective, attention (the resolved kernel), matmul, cpu_blas,
+    malloc (``sandbox.core.host_memory``'s mode), dtype, batch, seq, mesh, params
+    (non-embedding), flops_per_token, compile_s, step_ms (median; min / max too),
+    tokens_per_s, gflops (achieved), peak_gflops, mfu (fraction), mfu_best (fastest step),
+    loss (last step), load averages, and the raw step and peak samples.
     """
     check_shape(batch_size, seq_len, steps)
     load0 = loadavg()
@@ -185,6 +187,7 @@ def bench_train(model_name: str, objective_name: str, batch_size: int = 32, seq_
     row = {"kind": "train", "model": model_label, "objective": objective.name,
            "attention": impl, "matmul": matmul,
            "cpu_blas": cpu_kernels.blas() if dev["backend"] == "cpu" else "",
+           "malloc": host_memory.status()["mode"],
            "dtype": dtype, "batch": batch_size, "seq": seq_len,
            "mesh": layout.name, "mesh_shape": dict(layout.mesh.shape), "devices": dev["devices"],
            "overrides": list(overrides), "params": n_params, "flops_per_token": fpt,

@@ -14,7 +14,7 @@ block of queries' scores in cache from the QK^T matmul through the PV matmul.
 calls of the same kernel), split over XLA's threads. It is the backbone's dense matmul under
 ``model.matmul=blas``; it pays off only with MKL's ``sgemm`` (about 1.08x on the tiny train
 step; with OpenBLAS no faster than XLA's own dot), so ``model.matmul=auto`` picks it only
-where MKL is installed (``pip install -e '.[mkl]'``).
+where MKL is installed (a dependency on Linux x86-64, the ``mkl`` wheel).
 
 Build and load (once per process, on first use):
 - the source is compiled with the system C++ compiler (``$CXX`` or ``g++``) against JAX's
@@ -25,8 +25,8 @@ Build and load (once per process, on first use):
   hashed from the source, the flags, jaxlib's version and the CPU, so a rebuild happens only
   when one of them changes; the file is written under a temporary name and renamed, so
   concurrent builds are safe;
-- the matmuls inside are a single-threaded ``sgemm``: MKL's (the optional ``mkl`` extra,
-  sequential threading layer) where it is installed, else OpenBLAS's from the
+- the matmuls inside are a single-threaded ``sgemm``: MKL's (the ``mkl`` wheel, a dependency
+  on Linux x86-64; sequential threading layer) where it is installed, else OpenBLAS's from the
   ``scipy-openblas32`` wheel (a dependency; its own copy, NumPy's is left alone);
   ``SANDBOX_CPU_BLAS=openblas`` forces the latter. The parallelism comes from XLA's
   intra-op thread pool, so the kernels never compete with XLA for the cores;
@@ -153,7 +153,7 @@ def _sgemm() -> tuple[int, str]:
             return mkl, "mkl"
         if forced == "mkl":
             raise RuntimeError("SANDBOX_CPU_BLAS=mkl but the mkl wheel is not installed "
-                               "(pip install -e '.[mkl]')")
+                               "(pip install mkl==2026.2.1; Linux x86-64)")
     return _openblas_sgemm(), "openblas"
 
 
