@@ -73,7 +73,8 @@ def test_run_folder_layout_and_metrics(uninterrupted, obj):
     assert "${" not in (d / "config.yaml").read_text()  # resolved
     assert f"objective={obj}" in yaml.safe_load((d / "overrides.yaml").read_text())
     assert "commit" in json.loads((d / "git.json").read_text())
-    assert "jax" in json.loads((d / "env.json").read_text())["packages"]
+    env = json.loads((d / "env.json").read_text())
+    assert "jax" in env["packages"] and env["malloc"]["mode"] in ("kept", "system")
     shapes = json.loads((d / "shapes.json").read_text())
     assert any("ema" in k for k in shapes) and any("params" in k for k in shapes)
 

@@ -5,7 +5,7 @@ Layout of a run folder (``hydra.run.dir``)::
     config.yaml        composed config, resolved (what the run actually used)
     overrides.yaml     the command-line overrides
     git.json           commit, branch, dirty flag; git.diff holds uncommitted changes
-    env.json           python / package versions, devices, hostname
+    env.json           python / package versions, devices, hostname, host-memory mode
     shapes.json        parameter paths and shapes (checked on resume)
     metrics.jsonl      one JSON object per line: train and eval records
     checkpoints/       Orbax checkpoints (atomic; newest two kept; every process writes its shards)
@@ -75,6 +75,7 @@ def git_info(repo: Path | None = None) -> tuple[dict, str]:
 
 
 def env_info() -> dict:
+    from sandbox.core import host_memory
     from sandbox.core.mesh import backend, device_list, process_count
 
     versions = {}
@@ -85,7 +86,8 @@ def env_info() -> dict:
             versions[p] = None
     return {"python": sys.version.split()[0], "platform": platform.platform(),
             "hostname": socket.gethostname(), "packages": versions,
-            "backend": backend(), "devices": device_list(), "process_count": process_count()}
+            "backend": backend(), "devices": device_list(), "process_count": process_count(),
+            "malloc": host_memory.status()}  # whether freed host memory is kept (core/host_memory.py)
 
 
 def write_run_files(run_dir: Path, config_yaml: str, overrides: list[str], shapes: dict) -> None:
