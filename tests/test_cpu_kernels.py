@@ -174,8 +174,9 @@ def test_loading_the_kernel_keeps_denormals():
 # --- the dense matmul (model.matmul=blas) --------------------------------------------------------
 @pytest.mark.parametrize("shape", [(300, 64, 96), (256, 96, 40), (17, 5, 300)])
 def test_matmul_values_and_gradients_match_xla(shape):
-    """Whatever BLAS the kernels load (OpenBLAS in CI, MKL where the extra is installed); the
-    shapes split along rows (M >= N) and along columns (M < N), with uneven pieces."""
+    """Whatever BLAS the kernels load (MKL on Linux x86-64, OpenBLAS elsewhere; the OpenBLAS
+    path is checked below); the shapes split along rows (M >= N) and along columns (M < N),
+    with uneven pieces."""
     need_cpu_kernel()
     m, k, n = shape
     rng = np.random.default_rng(1)
@@ -255,6 +256,37 @@ def test_a_bad_blas_choice_is_reported(monkeypatch):
     monkeypatch.setenv("SANDBOX_CPU_BLAS", "atlas")
     ok, why = C.status()
     assert not ok and "SANDBOX_CPU_BLAS=atlas" in why
+
+
+# a fresh process: the sgemm is chosen once per process (the kernels' global pointer)
+_OPENBLAS_PROBE = """
+import numpy as np, jax, jax.numpy as jnp
+from sandbox.models import attention as A, cpu_kernels as C
+ok, why = C.status()
+assert ok, why
+assert C.blas() == "openblas", C.blas()
+rng = np.random.default_rng(0)
+a, b = (jnp.asarray(rng.standard_normal(s, dtype=np.float32)) for s in ((300, 64), (64, 96)))
+np.testing.assert_allclose(np.asarray(C.matmul(a, b)), np.asarray(a @ b), rtol=1e-5, atol=1e-4)
+q, k, v = (jnp.asarray(rng.standard_normal((2, 70, 4, 16), dtype=np.float32)) for _ in range(3))
+for causal in (True, False):
+    want = A.attend(q, k, v, "causal" if causal else "bidirectional", impl="chunked")
+    np.testing.assert_allclose(np.asarray(C.attention(q, k, v, causal)), np.asarray(want),
+                               rtol=1e-4, atol=1e-5)
+print("ok")
+"""
+
+
+def test_the_openblas_fallback_computes_the_same():
+    """Where MKL is not installed (macOS, ARM) the kernels call OpenBLAS; on a machine with MKL
+    the suite would otherwise never run that path."""
+    import os
+    import sys
+
+    need_cpu_kernel()
+    out = subprocess.run([sys.executable, "-c", _OPENBLAS_PROBE], capture_output=True, text=True,
+                         env={**os.environ, "SANDBOX_CPU_BLAS": "openblas"})
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
 
 
 def test_mkl_is_used_where_it_is_installed():
